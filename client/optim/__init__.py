@@ -1,0 +1,45 @@
+"""Client-side black-box optimisers over the prompt vector w, driven by ask/tell.
+
+``make_optimizer(name, dim, seed, **options)`` builds one from ``OPTIMIZERS``; each
+optimiser's options are the fields of its ``config_type`` dataclass (help text in
+``field.metadata["help"]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Ask, Evaluation, Optimizer
+from .bbt import BBT, BBTConfig
+from .config import OptimizerConfig
+from .sharpzo import SharpZO, SharpZOConfig
+from .spsa_gc import SPSAGC, SPSAGCConfig
+from .zo_sgd import ZOSGD, ZOSGDConfig
+
+OPTIMIZERS: dict[str, type[Optimizer[Any]]] = {cls.name: cls for cls in (SharpZO, BBT, ZOSGD, SPSAGC)}
+
+
+def make_optimizer(name: str, dim: int, seed: int = 0, **options: Any) -> Optimizer[Any]:
+    """Build optimiser ``name`` for a ``dim``-dimensional w; unknown names or options raise ValueError."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimiser {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    cls = OPTIMIZERS[name]
+    return cls(dim, seed, cls.config_type.from_options(options, owner=name))
+
+
+__all__ = [
+    "OPTIMIZERS",
+    "Ask",
+    "BBT",
+    "BBTConfig",
+    "Evaluation",
+    "Optimizer",
+    "OptimizerConfig",
+    "SPSAGC",
+    "SPSAGCConfig",
+    "SharpZO",
+    "SharpZOConfig",
+    "ZOSGD",
+    "ZOSGDConfig",
+    "make_optimizer",
+]

@@ -1,0 +1,63 @@
+"""``python -m sharpzo.server``: load the model, then serve the API with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .settings import ServerSettings
+
+_FLAGS = {
+    "model": "open_clip model name (default: the shipped stand-in, sharpzo-standin)",
+    "pretrained": "pretrained tag such as 'openai', or a checkpoint file; 'none' for random weights",
+    "device": "auto, cpu or cuda",
+    "precision": "fp32, or bf16/fp16 on CUDA",
+    "threads": "torch CPU threads (0: torch's default)",
+    "max_candidates": "most prompts per /v1/logits request",
+    "max_classes": "most class names per request",
+    "max_images_per_set": "most images in one image set",
+    "max_body_bytes": "largest request body",
+    "image_cache_dir": "folder that keeps image-set features across restarts",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sharpzo serve",
+        description="Serve a frozen open_clip CLIP over HTTP for black-box prompt tuning. Every option can also "
+        "be set as an environment variable SHARPZO_<OPTION> (e.g. SHARPZO_MODEL=ViT-B-32 SHARPZO_PRETRAINED=openai).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 in containers)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000)")
+    parser.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
+    for name, text in _FLAGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=text)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    for name in _FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            os.environ[f"SHARPZO_{name.upper()}"] = str(value)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from pydantic import ValidationError
+
+    from .app import create_app
+    from .model import UnsupportedModel
+
+    try:
+        app = create_app(ServerSettings())
+    except (UnsupportedModel, ValidationError) as exc:
+        print(f"sharpzo serve: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Image sets: decode uploaded images, preprocess with the model's transform, keep normalised features."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .model import LoadedModel
+
+_ENCODE_BATCH = 64
+
+
+class ImageError(ValueError):
+    """An uploaded image that cannot be used; the message names its index."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    id: str
+    features: torch.Tensor  # [N, embed_dim] float32, L2-normalised
+
+    @property
+    def count(self) -> int:
+        return int(self.features.shape[0])
+
+
+def decode_image(data: str, index: int, max_pixels: int) -> Image.Image:
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError(f"images[{index}]: not valid base64 ({exc})") from exc
+    try:
+        image = Image.open(io.BytesIO(raw))
+        width, height = image.size  # read from the header, before any pixel is decoded
+        if width * height > max_pixels:
+            raise ImageError(f"images[{index}]: {width}x{height} pixels is over the limit of {max_pixels}")
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"images[{index}]: does not decode as an image ({exc})") from exc
+
+
+def image_set_id(loaded: LoadedModel, images: list[str], augment: bool, seed: int, owner: str) -> str:
+    digest = hashlib.sha256(f"{loaded.name}|{loaded.pretrained}|{augment}|{seed}|{owner}".encode())
+    for data in images:
+        digest.update(hashlib.sha256(data.encode("ascii", "replace")).digest())
+    return digest.hexdigest()[:32]
+
+
+class ImageSetStore:
+    """Encoded image sets by id, kept in memory (least recently used go first) and optionally on disk."""
+
+    def __init__(self, loaded: LoadedModel, max_sets: int, max_pixels: int, cache_dir: Path | None) -> None:
+        self.loaded = loaded
+        self.max_sets = max_sets
+        self.max_pixels = max_pixels
+        self.cache_dir = cache_dir
+        self._sets: OrderedDict[str, ImageSet] = OrderedDict()
+        self._lock = threading.Lock()
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def get(self, set_id: str) -> ImageSet | None:
+        with self._lock:
+            found = self._sets.get(set_id)
+            if found is not None:
+                self._sets.move_to_end(set_id)
+                return found
+        if self.cache_dir is None or not set_id.isalnum():
+            return None
+        path = self.cache_dir / f"{set_id}.pt"
+        if not path.is_file():
+            return None
+        features = torch.load(path, map_location=self.loaded.device, weights_only=True)
+        return self._keep(ImageSet(set_id, features))
+
+    def _keep(self, image_set: ImageSet) -> ImageSet:
+        with self._lock:
+            self._sets[image_set.id] = image_set
+            self._sets.move_to_end(image_set.id)
+            while len(self._sets) > self.max_sets:
+                self._sets.popitem(last=False)
+        return image_set
+
+    def create(self, set_id: str, images: list[str], augment: bool, seed: int) -> ImageSet:
+        """Decode, preprocess and encode; runs on the model thread."""
+        existing = self.get(set_id)
+        if existing is not None:
+            return existing
+        decoded = [decode_image(data, i, self.max_pixels) for i, data in enumerate(images)]
+        transform = self.loaded.augment if augment else self.loaded.preprocess
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            pixels = [transform(image) for image in decoded]
+        finally:
+            torch.random.set_rng_state(generator_state)
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(pixels), _ENCODE_BATCH):
+                batch = torch.stack(pixels[start : start + _ENCODE_BATCH]).to(self.loaded.device, self.loaded.dtype)
+                chunks.append(F.normalize(self.loaded.model.encode_image(batch).float(), dim=-1))
+        image_set = ImageSet(set_id, torch.cat(chunks))
+        if self.cache_dir is not None:
+            torch.save(image_set.features.cpu(), self.cache_dir / f"{set_id}.pt")
+        return self._keep(image_set)

@@ -1,0 +1,46 @@
+"""Server configuration, read from SHARPZO_* environment variables (or CLI flags mapped onto them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .registry import STANDIN_MODEL, STANDIN_WEIGHTS
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHARPZO_", extra="ignore")
+
+    model: str = Field(default=STANDIN_MODEL, description="open_clip model name (e.g. ViT-B-32, RN50, sharpzo-standin).")
+    pretrained: str | None = Field(
+        default=str(STANDIN_WEIGHTS),
+        description="open_clip pretrained tag (e.g. openai) or a checkpoint file; empty or 'none' for random weights.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto picks CUDA when available.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="bf16 and fp16 need CUDA.")
+    threads: int = Field(default=0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
+
+    max_candidates: int = Field(default=2048, ge=1)
+    max_classes: int = Field(default=1000, ge=1)
+    max_images_per_request: int = Field(default=10_000, ge=1)
+    max_images_per_set: int = Field(default=10_000, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_logit_elements: int = Field(default=64_000_000, ge=1, description="Most P x N x C logits one request may need.")
+    max_image_sets: int = Field(default=256, ge=1, description="Image sets kept in memory; the oldest go first.")
+
+    text_chunk_tokens: int = Field(
+        default=65_536, ge=64, description="Most suffix tokens (candidates x classes x length) in one text-tower pass."
+    )
+    batch_window_ms: float = Field(default=2.0, ge=0, description="How long the micro-batcher waits to fill a batch.")
+    batch_max_candidates: int = Field(default=4096, ge=1, description="Most candidates the micro-batcher merges.")
+
+    image_cache_dir: Path | None = Field(default=None, description="Folder to persist image-set features across restarts.")
+
+    def pretrained_or_none(self) -> str | None:
+        if self.pretrained is None or self.pretrained.strip().lower() in ("", "none", "random"):
+            return None
+        return self.pretrained
