@@ -45,7 +45,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        messages = [f"{_location(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]]
+        messages = [
+            "body: not valid JSON" if e.get("type") == "json_invalid" else f"{_location(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}"
+            for e in exc.errors()[:5]
+        ]
         return JSONResponse({"detail": "; ".join(messages)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

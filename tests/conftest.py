@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sharpzo.client.embedded import EmbeddedServer
+
+TINY = {"model": "sharpzo-tiny", "pretrained": "none"}
+
+
+def encoded_image(seed: int, size: tuple[int, int] = (40, 30), fmt: str = "PNG", mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = 3 if mode == "RGB" else 1
+    pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@pytest.fixture(scope="session")
+def tiny_server() -> Iterator[EmbeddedServer]:
+    """A real server process on loopback with a tiny random-weight open_clip model."""
+    with EmbeddedServer(**TINY, env={"SHARPZO_MAX_CANDIDATES": "256", "SHARPZO_MAX_CLASSES": "50",
+                                     "SHARPZO_MAX_IMAGES_PER_SET": "64", "SHARPZO_MAX_BODY_BYTES": "2000000",
+                                     "SHARPZO_MAX_IMAGE_PIXELS": "250000"}) as server:
+        yield server
