@@ -1,18 +1,24 @@
-"""The project's own open_clip model configs (JSON files in model_configs/) and the shipped stand-in."""
+"""The project's own open_clip model config and the stand-in checkpoint that ships with it."""
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 import open_clip
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
+_HERE = Path(__file__).resolve().parent
+MODEL_CONFIGS = _HERE / "model_configs"
+
 STANDIN_MODEL = "sharpzo-standin"
-STANDIN_WEIGHTS = Path(__file__).parent / "weights" / f"{STANDIN_MODEL}.pt"
+STANDIN_WEIGHTS = _HERE / "weights" / f"{STANDIN_MODEL}.pt"
 
 
-@cache
+def manifest_for(checkpoint: Path) -> Path:
+    """Where pretraining records a checkpoint's sha256, settings and the sha256 of every image it saw."""
+    return checkpoint.with_suffix(".manifest.json.gz")
+
+
 def register_project_configs() -> None:
-    """Make every config in model_configs/ known to open_clip by its file name."""
-    open_clip.add_model_config(CONFIG_DIR)
+    """Make open_clip know the project's model names (each JSON file's stem in model_configs/)."""
+    if STANDIN_MODEL not in open_clip.list_models():
+        open_clip.add_model_config(MODEL_CONFIGS)

