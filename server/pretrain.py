@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sharpzo.server.pretrain", description=__doc__.split(":")[0] + "."
     )
-    parser.add_argument("--steps", type=int, default=450, help="optimiser steps; sets the lr schedule (default 450, ~20 min on 2 cores)")
+    parser.add_argument("--steps", type=int, default=420, help="optimiser steps; sets the lr schedule (default 420, ~20 min on 2 cores)")
     parser.add_argument("--minutes", type=float, default=25.0, help="wall-clock cap: stop early and save if reached (default 25)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=STANDIN_WEIGHTS, help=f"checkpoint path (default {STANDIN_WEIGHTS})")
