@@ -1,0 +1,7 @@
+"""SharpZO client: black-box prompt tuning of a hosted CLIP through its API alone (no torch)."""
+
+from .api import ApiClient, ApiError, Budget, BudgetExhausted, UsageMismatch
+from .runner import tune, tune_async
+from .tune import TuneResult, TuneSettings
+
+__all__ = ["ApiClient", "ApiError", "Budget", "BudgetExhausted", "TuneResult", "TuneSettings", "UsageMismatch", "tune", "tune_async"]

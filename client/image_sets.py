@@ -1,0 +1,92 @@
+"""Uploading a labelled split once as a server image set, and reusing it on later runs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .api import ApiClient
+from .datasets.base import LabeledImages
+
+MAX_SIDE = 512
+MAX_BYTES = 1_000_000
+
+
+@dataclass(frozen=True)
+class RemoteSplit:
+    """A split living on the server: its image-set id and the labels the client keeps."""
+
+    set_id: str
+    labels: np.ndarray
+    hashes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def shrink(data: bytes, max_side: int = MAX_SIDE, max_bytes: int = MAX_BYTES) -> bytes:
+    """Re-encode a large image as JPEG at most ``max_side`` pixels a side; small ones pass unchanged."""
+    with Image.open(io.BytesIO(data)) as image:
+        if max(image.size) <= max_side and len(data) <= max_bytes:
+            return data
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        image.thumbnail((max_side, max_side))
+        out = io.BytesIO()
+        image.save(out, format="JPEG", quality=90)
+        return out.getvalue()
+
+
+def default_cache_path() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "sharpzo" / "image-sets.json"
+
+
+class ImageSetCache:
+    """Which server image set holds which content, so a re-run with the same images skips the upload."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or default_cache_path()
+
+    def _read(self) -> dict[str, str]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def get(self, key: str) -> str | None:
+        return self._read().get(key)
+
+    def put(self, key: str, set_id: str) -> None:
+        entries = self._read()
+        entries[key] = set_id
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries, indent=0))
+        tmp.replace(self.path)
+
+
+async def upload_split(
+    api: ApiClient, images: LabeledImages, augment: bool = False, seed: int = 0, cache: ImageSetCache | None = None
+) -> RemoteSplit:
+    hashes = images.hashes()
+    content = hashlib.sha256(f"{augment}|{seed}|{'|'.join(hashes)}".encode()).hexdigest()
+    key = f"{api.base_url}|{content}"
+    if cache is not None:
+        known = cache.get(key)
+        if known is not None:
+            info = await api.image_set(known)
+            if info is not None and info.count == len(images):
+                return RemoteSplit(known, images.labels, hashes)
+    info = await api.create_image_set([shrink(b) for b in images.images], augment=augment, seed=seed)
+    if info.count != len(images):
+        raise RuntimeError(f"the server stored {info.count} images of {len(images)}")
+    if cache is not None:
+        cache.put(key, info.id)
+    return RemoteSplit(info.id, images.labels, hashes)

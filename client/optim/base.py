@@ -1,0 +1,118 @@
+"""The ask/tell contract every client-side optimiser follows.
+
+The caller loops ``a = opt.ask(); r = evaluate(a); opt.tell(r)``. Every point in an
+``Ask`` is one query. ``ask()`` returns the same batch until ``tell()``, so a caller
+may check its budget first and retry later; an optimiser is picklable with all of
+its random state, so a checkpoint resumes the same trajectory bit for bit.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Generic, Literal, TypeVar
+
+import numpy as np
+
+from .config import OptimizerConfig
+
+Split = Literal["train", "val"]
+Info = dict[str, float | str]
+
+
+@dataclass(frozen=True)
+class Ask:
+    points: np.ndarray  # (n, d) candidate w's to evaluate; each is one query
+    split: Split = "train"  # "val": evaluate on the validation set
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: np.ndarray  # (n,) mean cross-entropy per point on the requested split
+    accuracy: np.ndarray  # (n,) top-1 accuracy per point
+
+
+@dataclass(frozen=True)
+class Request:
+    """An ask together with the budget line (``purpose``) its queries are booked under."""
+
+    ask: Ask
+    purpose: str
+
+
+ConfigT = TypeVar("ConfigT", bound=OptimizerConfig)
+
+
+class Optimizer(ABC, Generic[ConfigT]):
+    name: ClassVar[str]
+    config_type: ClassVar[type[OptimizerConfig]]
+
+    def __init__(self, dim: int, seed: int = 0, config: ConfigT | None = None) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.dim = dim
+        self.config: ConfigT = config if config is not None else self.config_type()  # type: ignore[assignment]
+        self.rng = np.random.default_rng(seed)
+        self.iteration = 0
+        self.spent: dict[str, int] = {}
+        self.best_loss = float("inf")  # lowest train loss of any evaluated point
+        self.best_point: np.ndarray | None = None
+        self._pending: Request | None = None
+
+    def ask(self) -> Ask:
+        if self._pending is None:
+            self._pending = self._request()
+        return self._pending.ask
+
+    def tell(self, result: Evaluation) -> None:
+        request = self._pending
+        if request is None:
+            raise RuntimeError(f"{self.name}: tell() without a pending ask()")
+        n = len(request.ask.points)
+        loss = np.asarray(result.loss, dtype=float)
+        accuracy = np.asarray(result.accuracy, dtype=float)
+        if loss.shape != (n,) or accuracy.shape != (n,):
+            raise ValueError(f"{self.name}: expected {n} losses and accuracies, got {loss.shape} and {accuracy.shape}")
+        self._pending = None
+        self.spent[request.purpose] = self.spent.get(request.purpose, 0) + n
+        if request.ask.split == "train":
+            self._track_best(request.ask.points, loss)
+        self._absorb(request, Evaluation(loss, accuracy))
+
+    @property
+    def queries(self) -> int:
+        """Queries told so far, over every purpose."""
+        return sum(self.spent.values())
+
+    @property
+    @abstractmethod
+    def solution(self) -> np.ndarray:
+        """The current recommended w."""
+
+    @property
+    @abstractmethod
+    def stage(self) -> str:
+        """A short label for progress display."""
+
+    def info(self) -> Info:
+        out: Info = {"stage": self.stage, "iteration": self.iteration, "queries": self.queries, "best_loss": self.best_loss}
+        out.update({f"queries_{purpose}": count for purpose, count in self.spent.items()})
+        out.update(self._details())
+        return out
+
+    @abstractmethod
+    def _request(self) -> Request:
+        """Build the next batch; called once per ask/tell round, so it may draw random numbers."""
+
+    @abstractmethod
+    def _absorb(self, request: Request, result: Evaluation) -> None:
+        """Consume the evaluation of ``request``."""
+
+    def _details(self) -> Info:
+        return {}
+
+    def _track_best(self, points: np.ndarray, loss: np.ndarray) -> None:
+        i = int(np.argmin(loss))
+        if loss[i] < self.best_loss:
+            self.best_loss = float(loss[i])
+            self.best_point = points[i].copy()

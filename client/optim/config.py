@@ -1,0 +1,43 @@
+"""Option dataclasses: defaults and help text per field, built from keyword options with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+ConfigT = TypeVar("ConfigT", bound="OptimizerConfig")
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field with a default and the help text a CLI shows (``field.metadata["help"]``)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Base of every optimiser's options. Literal-typed fields are checked against their choices."""
+
+    def __post_init__(self) -> None:
+        for name, hint in typing.get_type_hints(type(self)).items():
+            if typing.get_origin(hint) is typing.Literal:
+                choices = typing.get_args(hint)
+                value = getattr(self, name)
+                require(value in choices, f"{type(self).__name__}.{name}={value!r}: choose one of {list(choices)}")
+
+    @classmethod
+    def from_options(cls: type[ConfigT], options: Mapping[str, Any], owner: str | None = None) -> ConfigT:
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) for {owner or cls.__name__}: {', '.join(map(repr, unknown))}; "
+                f"known options: {', '.join(known) or '(none)'}"
+            )
+        return cls(**options)

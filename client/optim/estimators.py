@@ -1,0 +1,66 @@
+"""Zeroth-order gradient estimators, split into probe construction and gradient recovery.
+
+Each estimator's probes form one batch (one ``Ask``), and the evaluated losses come
+back in the same order: all ``+`` probes first, then all ``-`` probes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def gaussian_directions(rng: np.random.Generator, count: int, dim: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """(count, dim) directions u ~ N(0, I), multiplied by a 0/1 mask when given (ũ = u ⊙ Ω)."""
+    u = rng.standard_normal((count, dim))
+    return u if mask is None else u * mask
+
+
+def rademacher_directions(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
+    """(count, dim) directions with independent ±1 entries."""
+    return rng.integers(0, 2, size=(count, dim)).astype(float) * 2.0 - 1.0
+
+
+def rge_probes(w: np.ndarray, mu: float, directions: np.ndarray) -> np.ndarray:
+    """(2q, d) probes: w + μ u_j for every direction u_j, then w − μ u_j."""
+    step = mu * directions
+    return np.concatenate([w + step, w - step])
+
+
+def directional_derivatives(losses: np.ndarray, mu: float) -> np.ndarray:
+    """δ_j = [L(w + μ u_j) − L(w − μ u_j)] / (2μ) from the losses of ``rge_probes``."""
+    plus, minus = np.split(np.asarray(losses, dtype=float), 2)
+    return (plus - minus) / (2.0 * mu)
+
+
+def rge_gradient(losses: np.ndarray, mu: float, directions: np.ndarray) -> np.ndarray:
+    """ĝ = (1/q) Σ_j δ_j u_j. Unbiased for Gaussian u; with a k-coordinate mask, for Ω ⊙ ∇L."""
+    return directional_derivatives(losses, mu) @ directions / len(directions)
+
+
+def cge_probes(w: np.ndarray, mu: float) -> np.ndarray:
+    """Coordinate-wise probes w ± μ e_i: 2d queries."""
+    return rge_probes(w, mu, np.eye(len(w)))
+
+
+def cge_gradient(losses: np.ndarray, mu: float) -> np.ndarray:
+    """ĝ_i = [L(w + μ e_i) − L(w − μ e_i)] / (2μ): the directional derivatives along e_i."""
+    return directional_derivatives(losses, mu)
+
+
+def es_gradient(points: np.ndarray, losses: np.ndarray, center: np.ndarray, sigma: float) -> np.ndarray:
+    """ES estimate (1/(S σ²)) Σ_i (F_i − F̄)(w_i − θ) from a population sampled around θ.
+
+    No metric correction is applied for CMA-ES: with samples from N(θ, σ²C) this
+    estimates C·∇L (for locally linear L), the steepest-ascent direction in the search
+    distribution's own metric. Inverting C would cost O(d³) and amplify the noise in
+    directions CMA has shrunk; for an isotropic distribution it is exactly ∇L.
+    """
+    centred = np.asarray(losses, dtype=float)
+    centred = centred - centred.mean()
+    return centred @ (np.asarray(points) - center) / (len(centred) * sigma**2)
+
+
+def sharpness_shift(gradient: np.ndarray, radius: float) -> np.ndarray:
+    """ε* = radius · ĝ / ‖ĝ‖, the first-order worst-case perturbation (zero for ĝ = 0)."""
+    norm = float(np.linalg.norm(gradient))
+    return np.zeros_like(gradient) if norm == 0.0 else radius * gradient / norm

@@ -1,0 +1,98 @@
+"""SPSA with gradient correction (ZIP / BlackVIP style), written from the published descriptions.
+
+Each step estimates the gradient at the look-ahead point w + β m with ``pairs``
+two-sided perturbations, clips its norm, then takes a Nesterov-style momentum step
+m ← β m − a_k ĝ, w ← w + m, with Spall's gains a_k = a/(k+1+A)^α, c_k = c/(k+1)^γ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .base import Ask, Evaluation, Info, Optimizer, Request
+from .config import OptimizerConfig, option, require
+from .estimators import gaussian_directions, rademacher_directions, rge_gradient, rge_probes
+
+
+@dataclass(frozen=True)
+class SPSAGCConfig(OptimizerConfig):
+    pairs: int = option(5, "two-sided perturbation pairs averaged per step (2·pairs queries a step)")
+    perturbation: Literal["rademacher", "gaussian"] = option("rademacher", "distribution of the perturbation entries")
+    a: float = option(5e-3, "learning-rate gain: a_k = a / (k + 1 + A)^alpha")
+    A: float = option(50.0, "stability constant of the learning-rate schedule")
+    alpha: float = option(0.602, "learning-rate decay exponent")
+    c: float = option(1e-3, "perturbation gain: c_k = c / (k + 1)^gamma")
+    gamma: float = option(0.101, "perturbation decay exponent")
+    momentum: float = option(0.9, "β of the gradient-corrected (look-ahead) momentum; 0 gives plain SPSA")
+    clip_norm: float | None = option(10.0, "clip the gradient estimate to this norm; None disables clipping")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.pairs >= 1, f"pairs must be at least 1, got {self.pairs}")
+        require(self.a > 0 and self.c > 0, "a and c must be positive")
+        require(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
+        require(self.clip_norm is None or self.clip_norm > 0, "clip_norm must be positive or None")
+
+
+def clip_to_norm(g: np.ndarray, max_norm: float | None) -> np.ndarray:
+    norm = float(np.linalg.norm(g))
+    return g if max_norm is None or norm <= max_norm else g * (max_norm / norm)
+
+
+class SPSAGC(Optimizer[SPSAGCConfig]):
+    """w starts at 0; ``solution`` is the iterate w (not the look-ahead point)."""
+
+    name = "spsa-gc"
+    config_type = SPSAGCConfig
+
+    def __init__(self, dim: int, seed: int = 0, config: SPSAGCConfig | None = None) -> None:
+        super().__init__(dim, seed, config)
+        self._w = np.zeros(dim)
+        self._velocity = np.zeros(dim)
+        self._gradient = np.zeros(dim)
+        self._perturbations: np.ndarray | None = None
+
+    @property
+    def solution(self) -> np.ndarray:
+        return self._w.copy()
+
+    @property
+    def stage(self) -> str:
+        return "spsa"
+
+    def _learning_rate(self) -> float:
+        c = self.config
+        return c.a / (self.iteration + 1 + c.A) ** c.alpha
+
+    def _perturbation_size(self) -> float:
+        c = self.config
+        return c.c / (self.iteration + 1) ** c.gamma
+
+    def _request(self) -> Request:
+        c = self.config
+        if c.perturbation == "rademacher":
+            self._perturbations = rademacher_directions(self.rng, c.pairs, self.dim)
+        else:
+            self._perturbations = gaussian_directions(self.rng, c.pairs, self.dim)
+        look_ahead = self._w + c.momentum * self._velocity
+        return Request(Ask(rge_probes(look_ahead, self._perturbation_size(), self._perturbations)), "spsa")
+
+    def _absorb(self, request: Request, result: Evaluation) -> None:
+        assert self._perturbations is not None
+        raw = rge_gradient(result.loss, self._perturbation_size(), self._perturbations)
+        self._gradient = clip_to_norm(raw, self.config.clip_norm)
+        self._velocity = self.config.momentum * self._velocity - self._learning_rate() * self._gradient
+        self._w = self._w + self._velocity
+        self._perturbations = None
+        self.iteration += 1
+
+    def _details(self) -> Info:
+        return {
+            "lr": self._learning_rate(),
+            "c": self._perturbation_size(),
+            "grad_norm": float(np.linalg.norm(self._gradient)),
+            "step_norm": float(np.linalg.norm(self._velocity)),
+        }

@@ -1,0 +1,53 @@
+"""Dense ZO-SGD (MeZO style): q random Gaussian directions, 2q queries a step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import Ask, Evaluation, Info, Optimizer, Request
+from .config import OptimizerConfig, option, require
+from .descent import RandomDirectionDescent
+
+
+@dataclass(frozen=True)
+class ZOSGDConfig(OptimizerConfig):
+    lr: float = option(1e-3, "constant learning rate η of w ← w − η ĝ")
+    mu: float = option(1e-3, "finite-difference step μ of the probes w ± μ u")
+    directions: int = option(1, "q: random directions averaged per step (2q queries a step)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.lr > 0 and self.mu > 0, "lr and mu must be positive")
+        require(self.directions >= 1, f"directions must be at least 1, got {self.directions}")
+
+
+class ZOSGD(Optimizer[ZOSGDConfig]):
+    """w starts at 0; ``solution`` is the current iterate."""
+
+    name = "zo-sgd"
+    config_type = ZOSGDConfig
+
+    def __init__(self, dim: int, seed: int = 0, config: ZOSGDConfig | None = None) -> None:
+        super().__init__(dim, seed, config)
+        c = self.config
+        self._descent = RandomDirectionDescent(np.zeros(dim), c.lr, c.mu, c.directions, self.rng)
+
+    @property
+    def solution(self) -> np.ndarray:
+        return self._descent.w.copy()
+
+    @property
+    def stage(self) -> str:
+        return "sgd"
+
+    def _request(self) -> Request:
+        return Request(Ask(self._descent.probes()), "rge")
+
+    def _absorb(self, request: Request, result: Evaluation) -> None:
+        self._descent.step(result.loss)
+        self.iteration += 1
+
+    def _details(self) -> Info:
+        return {"grad_norm": float(np.linalg.norm(self._descent.gradient))}
