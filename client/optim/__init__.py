@@ -28,18 +28,18 @@ def make_optimizer(name: str, dim: int, seed: int = 0, **options: Any) -> Optimi
 
 
 __all__ = [
-    "OPTIMIZERS",
-    "Ask",
     "BBT",
+    "OPTIMIZERS",
+    "SPSAGC",
+    "ZOSGD",
+    "Ask",
     "BBTConfig",
     "Evaluation",
     "Optimizer",
     "OptimizerConfig",
-    "SPSAGC",
     "SPSAGCConfig",
     "SharpZO",
     "SharpZOConfig",
-    "ZOSGD",
     "ZOSGDConfig",
     "make_optimizer",
 ]

@@ -95,7 +95,12 @@ class Optimizer(ABC, Generic[ConfigT]):
         """A short label for progress display."""
 
     def info(self) -> Info:
-        out: Info = {"stage": self.stage, "iteration": self.iteration, "queries": self.queries, "best_loss": self.best_loss}
+        out: Info = {
+            "stage": self.stage,
+            "iteration": self.iteration,
+            "queries": self.queries,
+            "best_loss": self.best_loss,
+        }
         out.update({f"queries_{purpose}": count for purpose, count in self.spent.items()})
         out.update(self._details())
         return out

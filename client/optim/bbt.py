@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Evaluation, Info, Optimizer, Request, Ask
+from .base import Ask, Evaluation, Info, Optimizer, Request
 from .cma_search import CMAConfig, CMASearch
 
 

@@ -53,7 +53,9 @@ class SharpZOConfig(CMAConfig):
     sharpness_probes: int = option(5, "random-direction pairs for sharpness='rge'")
     switch_iterations: int | None = option(100, "Tc: switch to stage 2 after this many stage-1 iterations; None: never")
     switch_queries: int | None = option(None, "also switch once this many queries (all kinds) have been spent")
-    auto_switch: bool = option(False, "switch once validation accuracy of the CMA mean stalls (1 val query an iteration)")
+    auto_switch: bool = option(
+        False, "switch once validation accuracy of the CMA mean stalls (1 val query an iteration)"
+    )
     patience: int = option(10, "auto switch: stage-1 iterations in a row without a val-accuracy improvement")
     min_delta: float = option(0.01, "auto switch: an improvement must beat the best val accuracy by more than this")
     lr: float = option(1e-3, "η, constant stage-2 learning rate")
@@ -147,7 +149,6 @@ class SharpZO(Optimizer[SharpZOConfig]):
             self._absorb_val(float(result.accuracy[0]))
             self._end_iteration()
         elif self._phase == "mask":
-            assert self._descent is not None
             self._set_mask(cge_gradient(result.loss, c.mask_mu))
             self._phase = "step"
         else:

@@ -65,11 +65,11 @@ class SPSAGC(Optimizer[SPSAGCConfig]):
 
     def _learning_rate(self) -> float:
         c = self.config
-        return c.a / (self.iteration + 1 + c.A) ** c.alpha
+        return float(c.a / (self.iteration + 1 + c.A) ** c.alpha)
 
     def _perturbation_size(self) -> float:
         c = self.config
-        return c.c / (self.iteration + 1) ** c.gamma
+        return float(c.c / (self.iteration + 1) ** c.gamma)
 
     def _request(self) -> Request:
         c = self.config
