@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,18 @@ from .embedded import EmbeddedServer
 from .prompt import DEFAULT_ALPHA
 from .tasks import resolve_task
 from .tune import Tuner, TuneResult, TuneSettings
+
+
+@asynccontextmanager
+async def connect(server: str | None, api_key: str | None = None, concurrency: int = 4) -> AsyncIterator[ApiClient]:
+    """An ApiClient for ``server``, or for an embedded stand-in server started (and stopped) here."""
+    embedded = None if server is not None else await asyncio.to_thread(EmbeddedServer().start)
+    try:
+        async with ApiClient(server or embedded.url, api_key=api_key, concurrency=concurrency) as api:
+            yield api
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 async def tune_async(
@@ -42,12 +55,7 @@ async def tune_async(
     task = resolve_task(data, shots, seed)
     settings = TuneSettings(method, budget, seed, dim, alpha, eval_every=eval_every, augment=augment, options=dict(options or {}))
     run_dir = Path(out) if out is not None else Path("runs") / f"{task.name}-{method}-s{seed}"
-    async with AsyncExitStack() as stack:
-        if server is None:
-            embedded = await asyncio.to_thread(EmbeddedServer().start)
-            stack.callback(embedded.stop)
-            server = embedded.url
-        api = await stack.enter_async_context(ApiClient(server, api_key=api_key, concurrency=concurrency))
+    async with connect(server, api_key, concurrency) as api:
         return await Tuner(api, task, settings, run_dir, show_progress=progress).run(resume=resume)
 
 

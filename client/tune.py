@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .api import ApiClient, Budget, BudgetExhausted
+from .api import ApiClient, ApiError, Budget, BudgetExhausted
 from .datasets.base import FewShotTask
 from .image_sets import ImageSetCache, RemoteSplit, upload_split
 from .optim import Evaluation, Optimizer, make_optimizer
@@ -101,6 +101,9 @@ class Tuner:
     async def _prepare(self) -> None:
         p0 = await self.api.token_embeddings(self.settings.init_text)
         self.space = PromptSpace.create(p0, self.settings.dim, self.settings.seed, self.settings.alpha)
+        await self._upload()
+
+    async def _upload(self) -> None:
         cache = ImageSetCache()
         splits = {}
         for name in ("train", "val", "test"):
@@ -112,10 +115,17 @@ class Tuner:
 
     async def evaluate(self, points: np.ndarray, split: str, charge: str = "budget") -> Evaluation:
         assert self.space is not None and self.remote is not None
-        remote: RemoteSplit = getattr(self.remote, split)
-        scored = await self.api.score(
-            remote.set_id, self.remote.class_names, self.space.ctx(points), labels=remote.labels, charge=charge
-        )
+        ctx = self.space.ctx(points)
+        try:
+            remote: RemoteSplit = getattr(self.remote, split)
+            scored = await self.api.score(remote.set_id, self.remote.class_names, ctx, labels=remote.labels, charge=charge)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            # a restarted server that kept no image sets: upload again, once
+            await self._upload()
+            remote = getattr(self.remote, split)
+            scored = await self.api.score(remote.set_id, self.remote.class_names, ctx, labels=remote.labels, charge=charge)
         return Evaluation(scored.loss, scored.accuracy)
 
     async def _monitor(self, w: np.ndarray) -> dict[str, float]:

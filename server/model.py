@@ -104,6 +104,7 @@ def load_model(settings: ServerSettings) -> LoadedModel:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     pretrained = settings.pretrained_or_none()
+    torch.manual_seed(settings.init_seed)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             settings.model, pretrained=pretrained, precision=_OPEN_CLIP_PRECISION[settings.precision], device=device

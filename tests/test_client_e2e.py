@@ -1,0 +1,119 @@
+"""`sharpzo tune` against real server processes over HTTP: budget, counts, resume and a server crash."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from sharpzo.client.embedded import EmbeddedServer
+
+from .conftest import TINY
+
+SHARPZO = str(Path(sys.executable).parent / "sharpzo")
+BUDGET = 160
+# d = 8, S = 6: stage-1 iterations cost 2d + S = 22 queries, the mask refresh 2d = 16, steps 2
+TUNE = ["--dataset", "animals", "--shots", "2", "--method", "sharpzo", "--budget", str(BUDGET), "--dim", "8",
+        "--opt", "popsize=6", "--opt", "switch_iterations=2", "--opt", "mask_interval=20", "--eval-every", "60",
+        "--seed", "3", "--no-progress"]
+
+
+def tune_command(server: str, out: Path, *extra: str) -> list[str]:
+    return [SHARPZO, "tune", "--server", server, "--out", str(out), *TUNE, *extra]
+
+
+def log_lines(run: Path) -> list[dict]:
+    path = run / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for_tells(run: Path, tells: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(line["tells"] >= tells for line in log_lines(run)):
+            return
+        assert process.poll() is None, "the tuning run ended too early"
+        time.sleep(0.05)
+    raise AssertionError(f"no {tells} tells within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """One uninterrupted run on a fresh server: its result and the server's own count."""
+    out = tmp_path_factory.mktemp("reference")
+    ledger = out / "ledger.sqlite3"
+    with EmbeddedServer(**TINY, env={"SHARPZO_LEDGER": str(ledger)}) as server:
+        done = subprocess.run(tune_command(server.url, out / "run"), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        usage = httpx.get(f"{server.url}/v1/usage", timeout=30).json()
+    return {"run": out / "run", "usage": usage, "stdout": done.stdout}
+
+
+def test_tune_stays_within_budget(reference) -> None:
+    run = reference["run"]
+    result = json.loads((run / "result.json").read_text())
+    lines = log_lines(run)
+    assert result["queries"] <= BUDGET and result["budget"]["max_queries"] == BUDGET
+    assert result["queries"] > BUDGET - 22  # it stopped only because the next batch did not fit
+    assert max(line["queries"] for line in lines) <= BUDGET
+    spent = sum(line["n"] for line in lines if "n" in line)
+    assert spent == result["queries"]
+    stages = [line["stage"] for line in lines]
+    assert stages[0] == "zero-shot" and stages[-1] == "final" and "zo" in stages
+    for name in ("prompt.npz", "accuracy.png", "config.json", "checkpoint.pkl"):
+        assert (run / name).is_file(), name
+    assert "tuned test acc" in reference["stdout"]
+
+
+def test_client_counts_equal_the_servers(reference) -> None:
+    budget = json.loads((reference["run"] / "result.json").read_text())["budget"]
+    usage = reference["usage"]
+    assert usage["queries"] == budget["total_queries"]
+    assert usage["image_evals"] == budget["image_evals"]
+    assert usage["requests"] >= budget["requests"]  # plus the uploads and model queries, which charge no query
+
+
+def _final_w(run: Path) -> np.ndarray:
+    return np.load(run / "prompt.npz")["w"]
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(reference, tmp_path) -> None:
+    with EmbeddedServer(**TINY) as server:
+        run = tmp_path / "run"
+        process = subprocess.Popen(tune_command(server.url, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_tells(run, 5, process)
+        process.kill()
+        process.wait()
+        assert not (run / "result.json").exists()
+        done = subprocess.run(tune_command(server.url, run, "--resume"), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+    np.testing.assert_allclose(_final_w(run), _final_w(reference["run"]), rtol=1e-5, atol=1e-6)
+    ours = json.loads((run / "result.json").read_text())["budget"]
+    theirs = json.loads((reference["run"] / "result.json").read_text())["budget"]
+    assert ours["queries"] == theirs["queries"]
+    assert [line["tells"] for line in log_lines(run)] == [line["tells"] for line in log_lines(reference["run"])]
+
+
+def test_server_killed_mid_run_retries_finish_it(reference, tmp_path) -> None:
+    server = EmbeddedServer(**TINY).start()
+    try:
+        run = tmp_path / "run"
+        process = subprocess.Popen(tune_command(server.url, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for_tells(run, 6, process)
+        server.kill()  # SIGKILL: image sets and all in-memory state are gone
+        time.sleep(1.0)
+        server = EmbeddedServer(**TINY, port=server.port).start()
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output
+    finally:
+        server.stop()
+    np.testing.assert_allclose(_final_w(run), _final_w(reference["run"]), rtol=1e-5, atol=1e-6)
+    ours = json.loads((run / "result.json").read_text())["budget"]
+    theirs = json.loads((reference["run"] / "result.json").read_text())["budget"]
+    assert ours["queries"] == theirs["queries"] and ours["monitor_queries"] == theirs["monitor_queries"]
