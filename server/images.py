@@ -52,6 +52,23 @@ def decode_image(data: str, index: int, max_pixels: int) -> Image.Image:
         raise ImageError(f"images[{index}]: does not decode as an image ({exc})") from exc
 
 
+def encode_images(loaded: LoadedModel, images: list[Image.Image], augment: bool = False, seed: int = 0) -> torch.Tensor:
+    """L2-normalised image features [N, embed_dim] in float32, with the model's own (or augmenting) transform."""
+    transform = loaded.augment if augment else loaded.preprocess
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        pixels = [transform(image) for image in images]
+    finally:
+        torch.random.set_rng_state(generator_state)
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(pixels), _ENCODE_BATCH):
+            batch = torch.stack(pixels[start : start + _ENCODE_BATCH]).to(loaded.device, loaded.dtype)
+            chunks.append(F.normalize(loaded.model.encode_image(batch).float(), dim=-1))
+    return torch.cat(chunks)
+
+
 def image_set_id(loaded: LoadedModel, images: list[str], augment: bool, seed: int, owner: str) -> str:
     digest = hashlib.sha256(f"{loaded.name}|{loaded.pretrained}|{augment}|{seed}|{owner}".encode())
     for data in images:
@@ -100,19 +117,7 @@ class ImageSetStore:
         if existing is not None:
             return existing
         decoded = [decode_image(data, i, self.max_pixels) for i, data in enumerate(images)]
-        transform = self.loaded.augment if augment else self.loaded.preprocess
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            pixels = [transform(image) for image in decoded]
-        finally:
-            torch.random.set_rng_state(generator_state)
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(pixels), _ENCODE_BATCH):
-                batch = torch.stack(pixels[start : start + _ENCODE_BATCH]).to(self.loaded.device, self.loaded.dtype)
-                chunks.append(F.normalize(self.loaded.model.encode_image(batch).float(), dim=-1))
-        image_set = ImageSet(set_id, torch.cat(chunks))
+        image_set = ImageSet(set_id, encode_images(self.loaded, decoded, augment, seed))
         if self.cache_dir is not None:
             torch.save(image_set.features.cpu(), self.cache_dir / f"{set_id}.pt")
         return self._keep(image_set)
