@@ -45,5 +45,5 @@ def train_coop(loss: PromptLoss, init_ctx: torch.Tensor, steps: int = 200, lr: f
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
-        history.append(float(value))
+        history.append(value.item())
     return ctx.detach(), history
