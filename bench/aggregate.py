@@ -1,0 +1,65 @@
+"""Curves, tables and plots over seeds from tuning run directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sharpzo.client.plot import read_curve  # noqa: E402
+
+
+def accuracy_at(run_dir: Path, grid: np.ndarray) -> np.ndarray:
+    """Test accuracy of the run's prompt as it stood after q queries, for each q of ``grid``."""
+    queries, accuracy = read_curve(run_dir)
+    index = np.searchsorted(np.asarray(queries), grid, side="right") - 1
+    return np.asarray(accuracy)[np.clip(index, 0, None)]
+
+
+def config_curves(runs: dict[str, list[Path]], grid: np.ndarray) -> dict[str, np.ndarray]:
+    """[seeds, len(grid)] accuracies per config."""
+    return {name: np.stack([accuracy_at(r, grid) for r in dirs]) for name, dirs in runs.items()}
+
+
+def queries_to_reach(curve: np.ndarray, grid: np.ndarray, target: float) -> int | None:
+    hit = np.flatnonzero(curve >= target)
+    return int(grid[hit[0]]) if hit.size else None
+
+
+def final_budget(run_dir: Path) -> dict:
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def plot_curves(curves: dict[str, np.ndarray], grid: np.ndarray, out: Path, title: str, references: dict[str, float]) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, values in curves.items():
+        mean, std = 100 * values.mean(0), 100 * values.std(0)
+        ax.plot(grid, mean, label=f"{name} (n={len(values)})")
+        ax.fill_between(grid, mean - std, mean + std, alpha=0.15)
+    for label, value in references.items():
+        ax.axhline(100 * value, linestyle="--", linewidth=1, color="gray")
+        ax.annotate(label, (grid[-1], 100 * value), ha="right", va="bottom", fontsize=8, color="gray")
+    ax.set_xlabel("queries")
+    ax.set_ylabel("held-out test accuracy (%), mean ± std over seeds")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pct(values: np.ndarray) -> str:
+    return f"{100 * values.mean():.1f} ± {100 * values.std():.1f}"

@@ -1,0 +1,117 @@
+"""SharpZO against its peers at equal query budgets, over seeds, on the leak-free protocol.
+
+    python bench/compare.py --dataset groceries --seeds 0 1 2 --budget 20000 \
+        --config sharpzo=sharpzo:switch_queries=6000 --config bbt=bbt --config zo-sgd=zo-sgd \
+        --config spsa-gc=spsa-gc --out bench/results/compare
+
+Each run is a real `tune` against one embedded stand-in server (or --server URL), several
+at once so the server's micro-batcher has work to merge. Finished runs are kept and an
+interrupted grid resumes. Writes, under OUT/DATASET: curves.png (mean ± std test accuracy
+against queries), summary.md (accuracy at fixed budgets, queries to reach given
+accuracies, paired differences against --reference) and summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+
+from aggregate import config_curves, final_budget, markdown_table, pct, plot_curves, queries_to_reach
+from grid import RunConfig, run_grid
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="groceries")
+    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budget", type=int, default=20000)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--config", action="append", type=RunConfig.parse, required=True,
+                        help="NAME=METHOD[:option=json,...], e.g. sharpzo-es=sharpzo:sharpness=\"es\"")
+    parser.add_argument("--reference", help="config to pair the others against (default: the first)")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 5000, 20000], help="table columns")
+    parser.add_argument("--coop", type=Path, help="bench/coop.py output, drawn as the white-box reference")
+    parser.add_argument("--parallel", type=int, default=3, help="runs in flight at once")
+    parser.add_argument("--server", help="server URL; default: an embedded stand-in server")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/compare"))
+    return parser.parse_args()
+
+
+def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
+    grid = np.arange(0, args.budget + 1, args.eval_every)
+    curves = config_curves(runs, grid)
+    zero_shot = np.mean([final_budget(r)["zero_shot_test_accuracy"] for dirs in runs.values() for r in dirs])
+    references = {f"zero-shot {zero_shot:.1%}": zero_shot}
+    if args.coop and args.coop.exists():
+        coop = json.loads(args.coop.read_text())["coop_test_mean"]
+        references[f"white-box CoOp {coop:.1%} (backprop, server side)"] = coop
+    out = args.out / args.dataset
+    plot_curves(curves, grid, out / "curves.png", f"{args.dataset} {args.shots}-shot, seeds {args.seeds}", references)
+
+    budgets = [b for b in args.budgets if b <= args.budget]
+    columns = [int(np.flatnonzero(grid <= b)[-1]) for b in budgets]
+    rows = []
+    for name, values in curves.items():
+        finals = np.array([final_budget(r)["test_accuracy"] for r in runs[name]])
+        spent = np.mean([final_budget(r)["queries"] for r in runs[name]])
+        rows.append([name, *[pct(values[:, c]) for c in columns], pct(finals), f"{spent:.0f}"])
+    table = markdown_table(["config", *[f"test % @ {b}" for b in budgets], "final test %", "queries used"], rows)
+
+    targets = [zero_shot + 0.02, zero_shot + 0.05]
+    reference = args.reference or next(iter(runs))
+    ref_final = curves[reference][:, -1].mean()
+    targets.append(ref_final)
+    reach_rows = []
+    for name, values in curves.items():
+        mean_curve = values.mean(0)
+        cells = []
+        for target in targets:
+            hit = queries_to_reach(mean_curve, grid, target)
+            cells.append("not reached" if hit is None else str(hit))
+        reach_rows.append([name, *cells])
+    reach = markdown_table(
+        ["config", *[f"to {100 * t:.1f}%" for t in targets[:2]], f"to {reference}'s final {100 * ref_final:.1f}%"],
+        reach_rows,
+    )
+
+    paired_rows = []
+    for name, values in curves.items():
+        if name == reference:
+            continue
+        diff = values[:, -1] - curves[reference][:, -1]
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        paired_rows.append([f"{name} − {reference}", f"{100 * diff.mean():+.1f}", f"{100 * se:.1f}",
+                            "yes" if abs(diff.mean()) > 2 * se else "no"])
+    paired = markdown_table(["paired difference at the final budget", "mean (points)", "SE", "|mean| > 2 SE"], paired_rows)
+
+    text = "\n\n".join([
+        f"### {args.dataset}, {args.shots}-shot, seeds {args.seeds}, budget {args.budget}",
+        f"Zero-shot test accuracy: {zero_shot:.1%}.",
+        table, reach, paired,
+        "Configs: " + "; ".join(f"`{c.name}` = {c.method} {json.dumps(c.options)}" + (f" alpha={c.alpha}" if c.alpha else "")
+                                for c in args.config),
+    ])
+    (out / "summary.md").write_text(text + "\n")
+    (out / "summary.json").write_text(json.dumps({
+        "grid": grid.tolist(), "curves": {k: v.tolist() for k, v in curves.items()}, "zero_shot": zero_shot,
+    }))
+    return text
+
+
+def main() -> None:
+    args = parse_args()
+    dirs = asyncio.run(run_grid(args.config, args.dataset, args.seeds, args.budget, args.out, args.shots,
+                                args.eval_every, args.parallel, args.server))
+    runs: dict[str, list[Path]] = {}
+    for run_dir in dirs:
+        runs.setdefault(run_dir.parent.name, []).append(run_dir)
+    print(summarise(args, runs))
+
+
+if __name__ == "__main__":
+    main()
