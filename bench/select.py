@@ -1,0 +1,66 @@
+"""Choosing hyperparameters on the validation set (never the held-out set), queries counted.
+
+    python bench/select.py --dataset groceries --seeds 100 --budget 3000 \
+        --config zo-lr1e-3=zo-sgd:lr=1e-3 --config zo-lr1e-2=zo-sgd:lr=1e-2 ...
+
+Runs each candidate config on selection seeds (disjoint from the evaluation seeds, so the
+few-shot draws differ) and ranks the configs of each method by the final validation
+accuracy of their prompt. Every query the selection spent, method and monitoring, is
+summed into the report, because a user tuning hyperparameters would pay for them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from aggregate import final_budget, markdown_table
+from grid import RunConfig, run_grid
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="groceries")
+    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[100])
+    parser.add_argument("--budget", type=int, default=3000)
+    parser.add_argument("--config", action="append", type=RunConfig.parse, required=True)
+    parser.add_argument("--parallel", type=int, default=3)
+    parser.add_argument("--server")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/select"))
+    args = parser.parse_args()
+    dirs = asyncio.run(run_grid(args.config, args.dataset, args.seeds, args.budget, args.out, args.shots,
+                                eval_every=args.budget, parallel=args.parallel, server=args.server))
+    by_config: dict[str, list[dict]] = defaultdict(list)
+    for run_dir in dirs:
+        by_config[run_dir.parent.name].append(final_budget(run_dir))
+    methods = {c.name: c for c in args.config}
+    rows, best, spent = [], {}, 0
+    for name, results in by_config.items():
+        val = float(np.mean([r["val_accuracy"] for r in results]))
+        spent += sum(r["budget"]["total_queries"] for r in results)
+        method = methods[name].method
+        if method not in best or val > best[method][1]:
+            best[method] = (name, val)
+        rows.append([name, method, f"{100 * val:.1f}"])
+    chosen = {method: name for method, (name, _) in best.items()}
+    rows = [[*row, "chosen" if chosen[row[1]] == row[0] else ""] for row in rows]
+    text = "\n\n".join([
+        f"### Selection on {args.dataset} validation, seeds {args.seeds}, {args.budget} queries per run",
+        markdown_table(["config", "method", "val acc %", ""], rows),
+        f"Queries spent on selection, all runs and monitoring included: {spent}.",
+    ])
+    out = args.out / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "selection.md").write_text(text + "\n")
+    (out / "selection.json").write_text(json.dumps({"chosen": chosen, "queries": spent}, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
