@@ -20,6 +20,9 @@ _FLAGS = {
     "max_images_per_set": "most images in one image set",
     "max_body_bytes": "largest request body",
     "image_cache_dir": "folder that keeps image-set features across restarts",
+    "auth": "on (default): calls need 'Authorization: Bearer <API key>'; off: no keys, all usage goes to 'anonymous'",
+    "ledger": "SQLite file of hashed API keys, usage and idempotent responses (see 'sharpzo keys')",
+    "api_keys_file": "file of 'name:key:quota' lines, keys besides the ledger's",
 }
 
 
@@ -47,11 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     from pydantic import ValidationError
 
     from .app import create_app
+    from .keys import KeyConfigError
+    from .metrics import configure_access_log
     from .model import UnsupportedModel
 
     try:
-        app = create_app(ServerSettings())
-    except (UnsupportedModel, ValidationError) as exc:
+        settings = ServerSettings()
+        configure_access_log(settings.access_log)
+        app = create_app(settings)
+    except (UnsupportedModel, ValidationError, KeyConfigError) as exc:
         print(f"sharpzo serve: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     import uvicorn

@@ -9,10 +9,12 @@ from typing import AsyncIterator
 
 import numpy as np
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
 
 from sharpzo.shared.protocol import (
     API_PREFIX,
+    AccountUsage,
     Health,
     ImageSetInfo,
     ImageSetRequest,
@@ -26,10 +28,16 @@ from sharpzo.shared.protocol import (
 )
 from sharpzo.shared.tensors import Tensor
 
+from .auth import Account, Authenticator, TokenBucket, anonymous_dependency, bearer_dependency
 from .batcher import LogitsJob, MicroBatcher
 from .body_limit import BodyLimitMiddleware
 from .errors import ERROR_RESPONSES, ApiError, install_error_handlers
-from .images import ImageError, ImageSetStore, image_set_id
+from .idempotency import IdempotencyKey
+from .images import ImageError, ImageSet, ImageSetStore, image_set_id
+from .keys import configured_keys
+from .ledger import Charge, Ledger
+from .metering import MeteredCall, UsageHeadersMiddleware
+from .metrics import Metrics, ObserveMiddleware
 from .model import LoadedModel, load_model
 from .settings import ServerSettings
 from .text import PromptError, PromptedTextEncoder
@@ -79,11 +87,19 @@ def _decode_prompts(body: LogitsRequest, loaded: LoadedModel, max_candidates: in
 
 def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | None = None) -> FastAPI:
     settings = settings or ServerSettings()
+    api_keys = configured_keys(settings.api_keys and settings.api_keys.get_secret_value(), settings.api_keys_file)
     loaded = loaded or load_model(settings)
     encoder = PromptedTextEncoder(loaded, settings.text_chunk_tokens)
     store = ImageSetStore(loaded, settings.max_image_sets, settings.max_image_pixels, settings.image_cache_dir)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
     limits = _limits(settings)
+    ledger = Ledger(settings.ledger)
+    metrics = Metrics()
+    if settings.auth == "on":
+        limiter = TokenBucket(settings.rate_limit_rps, settings.rate_limit_burst)
+        current_account = bearer_dependency(Authenticator(ledger, api_keys), limiter)
+    else:
+        current_account = anonymous_dependency(ledger)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,10 +109,12 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
             executor,
             settings.batch_window_ms / 1000.0,
             settings.batch_max_candidates,
+            on_batch=metrics.on_batch,
         )
         app.state.batcher.start()
         yield
         await app.state.batcher.stop()
+        ledger.close()
 
     app = FastAPI(
         title="SharpZO inference server",
@@ -105,18 +123,40 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(UsageHeadersMiddleware)
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
     install_error_handlers(app)
     app.state.settings = settings
     app.state.loaded = loaded
+    app.state.ledger = ledger
 
     async def on_model_thread(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    async def metered(
+        request: Request, idempotency_key: IdempotencyKey = None, account: Account = Depends(current_account)
+    ) -> MeteredCall:
+        return MeteredCall(request, account, idempotency_key, ledger, settings.idempotency_window_s)
+
+    async def owned_image_set(set_id: str, account: Account) -> ImageSet:
+        """Another account's image set is as unknown as a missing one."""
+        owner = await asyncio.to_thread(ledger.image_set_owner, set_id)
+        image_set = None if owner != account.name else await on_model_thread(store.get, set_id)
+        if image_set is None:
+            raise ApiError(404, f"image_set: no image set {set_id!r} on this server")
+        return image_set
 
     @app.get(f"{API_PREFIX}/health", response_model=Health)
     async def health() -> Health:
         return Health(model=loaded.name)
 
-    @app.get(f"{API_PREFIX}/model", response_model=ModelInfo)
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return metrics.exposition()
+
+    @app.get(
+        f"{API_PREFIX}/model", response_model=ModelInfo, responses=ERROR_RESPONSES, dependencies=[Depends(current_account)]
+    )
     async def model_info() -> ModelInfo:
         return ModelInfo(
             name=loaded.name,
@@ -130,8 +170,16 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
             limits=limits,
         )
 
-    @app.post(f"{API_PREFIX}/token-embeddings", response_model=TokenEmbeddingsResponse, responses=ERROR_RESPONSES)
-    async def token_embeddings(body: TokenEmbeddingsRequest) -> TokenEmbeddingsResponse:
+    @app.get(
+        f"{API_PREFIX}/usage", response_model=AccountUsage, responses=ERROR_RESPONSES, dependencies=[Depends(current_account)]
+    )
+    async def usage(request: Request) -> AccountUsage:
+        totals = request.state.totals
+        return AccountUsage(
+            queries=totals.queries, image_evals=totals.image_evals, requests=totals.requests, quota=totals.quota
+        )
+
+    async def compute_token_embeddings(body: TokenEmbeddingsRequest) -> tuple[TokenEmbeddingsResponse, Charge]:
         def run() -> tuple[list[int], np.ndarray]:
             with torch.inference_mode():
                 ids, emb = encoder.token_embeddings(body.text)
@@ -141,37 +189,40 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
             ids, emb = await on_model_thread(run)
         except PromptError as exc:
             raise ApiError(422, str(exc)) from exc
-        return TokenEmbeddingsResponse(tokens=ids, embeddings=Tensor.from_numpy(emb))
+        return TokenEmbeddingsResponse(tokens=ids, embeddings=Tensor.from_numpy(emb)), Charge()
 
-    @app.post(f"{API_PREFIX}/image-sets", response_model=ImageSetInfo, responses=ERROR_RESPONSES)
-    async def create_image_set(body: ImageSetRequest) -> ImageSetInfo:
+    @app.post(f"{API_PREFIX}/token-embeddings", response_model=TokenEmbeddingsResponse, responses=ERROR_RESPONSES)
+    async def token_embeddings(body: TokenEmbeddingsRequest, call: MeteredCall = Depends(metered)) -> Response:
+        return await call.respond(lambda: compute_token_embeddings(body))
+
+    async def compute_image_set(body: ImageSetRequest, owner: str) -> tuple[ImageSetInfo, Charge]:
         if len(body.images) > settings.max_images_per_set:
             raise ApiError(422, f"images: {len(body.images)} images is over the limit of {settings.max_images_per_set}")
-        set_id = image_set_id(loaded, body.images, body.augment, body.seed, owner="")
+        set_id = image_set_id(loaded, body.images, body.augment, body.seed, owner=owner)
         try:
             image_set = await on_model_thread(store.create, set_id, body.images, body.augment, body.seed)
         except ImageError as exc:
             raise ApiError(422, str(exc)) from exc
-        return ImageSetInfo(id=image_set.id, count=image_set.count)
+        await asyncio.to_thread(ledger.own_image_set, image_set.id, owner)
+        return ImageSetInfo(id=image_set.id, count=image_set.count), Charge()
+
+    @app.post(f"{API_PREFIX}/image-sets", response_model=ImageSetInfo, responses=ERROR_RESPONSES)
+    async def create_image_set(body: ImageSetRequest, call: MeteredCall = Depends(metered)) -> Response:
+        return await call.respond(lambda: compute_image_set(body, call.account.name))
 
     @app.get(f"{API_PREFIX}/image-sets/{{set_id}}", response_model=ImageSetInfo, responses=ERROR_RESPONSES)
-    async def get_image_set(set_id: str) -> ImageSetInfo:
-        image_set = await on_model_thread(store.get, set_id)
-        if image_set is None:
-            raise ApiError(404, f"image_set: no image set {set_id!r} on this server")
+    async def get_image_set(set_id: str, account: Account = Depends(current_account)) -> ImageSetInfo:
+        image_set = await owned_image_set(set_id, account)
         return ImageSetInfo(id=image_set.id, count=image_set.count)
 
-    @app.post(f"{API_PREFIX}/logits", response_model=LogitsResponse, responses=ERROR_RESPONSES)
-    async def logits(body: LogitsRequest) -> LogitsResponse:
+    async def compute_logits(body: LogitsRequest, call: MeteredCall) -> tuple[LogitsResponse, Charge]:
         prompts = _decode_prompts(body, loaded, settings.max_candidates)
         _check_class_names(body.class_names, settings.max_classes)
         try:
             encoder.suffixes(body.class_names, prompts.shape[1])
         except PromptError as exc:
             raise ApiError(422, str(exc)) from exc
-        image_set = await on_model_thread(store.get, body.image_set)
-        if image_set is None:
-            raise ApiError(404, f"image_set: no image set {body.image_set!r} on this server")
+        image_set = await owned_image_set(body.image_set, call.account)
         features = image_set.features
         if body.indices is not None:
             bad = [i for i in body.indices if not 0 <= i < image_set.count]
@@ -195,17 +246,24 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
             raise ApiError(
                 422, f"prompts: P x N x C = {n_cand * n_img * n_cls} logits is over the limit of {settings.max_logit_elements}"
             )
+        call.check_quota(n_cand)
         future = asyncio.get_running_loop().create_future()
         job = LogitsJob(prompts, tuple(body.class_names), features, labels, body.return_logits, future)
         try:
             scores = await app.state.batcher.submit(job)
         except PromptError as exc:
             raise ApiError(422, str(exc)) from exc
-        return LogitsResponse(
+        usage = Usage(queries=n_cand, image_evals=n_cand * n_img, requests=1)
+        response = LogitsResponse(
             logits=None if scores.logits is None else Tensor.from_numpy(scores.logits.cpu().numpy(), body.logits_dtype),
             loss=None if scores.loss is None else scores.loss.cpu().tolist(),
             accuracy=None if scores.accuracy is None else scores.accuracy.cpu().tolist(),
-            usage=Usage(queries=n_cand, image_evals=n_cand * n_img, requests=1),
+            usage=usage,
         )
+        return response, Charge(usage.queries, usage.image_evals, usage.requests)
+
+    @app.post(f"{API_PREFIX}/logits", response_model=LogitsResponse, responses=ERROR_RESPONSES)
+    async def logits(body: LogitsRequest, call: MeteredCall = Depends(metered)) -> Response:
+        return await call.respond(lambda: compute_logits(body, call))
 
     return app

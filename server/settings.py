@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .ledger import default_ledger_path
 from .registry import STANDIN_MODEL, STANDIN_WEIGHTS
 
 
@@ -21,6 +22,7 @@ class ServerSettings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto picks CUDA when available.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="bf16 and fp16 need CUDA.")
+    init_seed: int = Field(default=0, description="torch seed before building the model: random weights are reproducible.")
     threads: int = Field(default=0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
 
     max_candidates: int = Field(default=2048, ge=1)
@@ -39,6 +41,21 @@ class ServerSettings(BaseSettings):
     batch_max_candidates: int = Field(default=4096, ge=1, description="Most candidates the micro-batcher merges.")
 
     image_cache_dir: Path | None = Field(default=None, description="Folder to persist image-set features across restarts.")
+
+    auth: Literal["on", "off"] = Field(
+        default="on", description="on: every /v1 call but health needs a Bearer API key; off: all calls charge 'anonymous'."
+    )
+    api_keys: SecretStr | None = Field(default=None, description="API keys as 'name:key:quota,...' (besides the ledger's).")
+    api_keys_file: Path | None = Field(default=None, description="File of 'name:key:quota' lines ('#' comments).")
+    ledger: Path = Field(
+        default_factory=default_ledger_path, description="SQLite ledger: hashed keys, usage, idempotent responses."
+    )
+    idempotency_window_s: float = Field(
+        default=24 * 3600.0, gt=0, description="How long a POST's response is kept for retries with its Idempotency-Key."
+    )
+    rate_limit_rps: float = Field(default=100.0, gt=0, description="Requests per second per API key, on average.")
+    rate_limit_burst: int = Field(default=200, ge=1, description="Requests an API key may send at once.")
+    access_log: bool = Field(default=True, description="One JSON line per request on stderr.")
 
     def pretrained_or_none(self) -> str | None:
         if self.pretrained is None or self.pretrained.strip().lower() in ("", "none", "random"):

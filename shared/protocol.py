@@ -73,6 +73,15 @@ class Usage(BaseModel):
     requests: int = Field(description="HTTP requests charged.")
 
 
+class AccountUsage(BaseModel):
+    """GET /v1/usage: what the calling API key (or 'anonymous', with auth off) has been charged in all."""
+
+    queries: int = Field(description="Candidates scored.")
+    image_evals: int = Field(description="Candidates times images scored.")
+    requests: int = Field(description="Scoring requests charged.")
+    quota: int | None = Field(description="Queries the key may use in all; null for no limit.")
+
+
 class LogitsRequest(_Body):
     image_set: str = Field(min_length=1, max_length=128, description="Id from POST /v1/image-sets.")
     class_names: list[str] = Field(min_length=1, description="Class names; class k's prompt is [SOS] ctx name. [EOT].")
