@@ -57,8 +57,21 @@ def _add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("SHARPZO_API_KEY"), help="API key (env SHARPZO_API_KEY)")
 
 
-def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, help="a built-in dataset (leak-free few-shot protocol)")
+def _add_data_args(parser: argparse.ArgumentParser, own_data: bool = False) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=DATASETS, help="a built-in dataset (leak-free few-shot protocol)")
+    if own_data:
+        source.add_argument(
+            "--data", type=Path, metavar="PATH",
+            help="your own images: a folder with one sub-folder per class, or a CSV file with a 'path,label' header "
+            "(paths relative to the CSV's folder)",
+        )
+        parser.add_argument(
+            "--test-data", type=Path, metavar="PATH",
+            help="test images in the same forms as --data; by default a seeded part of what the k-shot draw leaves",
+        )
+        parser.add_argument("--allow-fewer", action="store_true",
+                            help="let classes with fewer than --shots images train on all they have")
     parser.add_argument("--shots", type=int, default=16, help="images per class in the training set (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw, projection and optimiser")
 
@@ -83,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_server_args(tune)
-    _add_data_args(tune)
+    _add_data_args(tune, own_data=True)
     tune.add_argument("--method", choices=sorted(OPTIMIZERS), default="sharpzo", help="optimiser (default sharpzo)")
     tune.add_argument("--budget", type=int, default=8000, help="most queries the method may spend (default 8000)")
     tune.add_argument("--out", type=Path, help="run directory (default runs/<data>-<method>-s<seed>)")
@@ -132,18 +145,13 @@ def _print_result(result: Any) -> None:
     console.print(table)
 
 
-def _data_from(args: argparse.Namespace) -> Any:
-    if args.dataset:
-        return args.dataset
-    raise SystemExit("sharpzo: give --dataset NAME")
-
-
 def cmd_tune(args: argparse.Namespace) -> None:
     from .plot import plot_runs
     from .runner import tune
 
     result = tune(
-        _data_from(args), server=args.server, api_key=args.api_key, method=args.method, budget=args.budget,
+        args.dataset or args.data, test_data=args.test_data, allow_fewer=args.allow_fewer, server=args.server,
+        api_key=args.api_key, method=args.method, budget=args.budget,
         shots=args.shots, seed=args.seed, out=args.out, resume=args.resume, progress=not args.no_progress,
         dim=args.dim, alpha=args.alpha, eval_every=args.eval_every, augment=args.augment,
         concurrency=args.concurrency, options=dict(args.opt),
@@ -157,7 +165,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_prompt
 
     accuracy = asyncio.run(
-        evaluate_prompt(_data_from(args), args.prompt, args.server, args.api_key, args.shots, args.seed)
+        evaluate_prompt(args.dataset, args.prompt, args.server, args.api_key, args.shots, args.seed)
     )
     console.print(json.dumps(accuracy))
 

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .api import ApiClient
-from .datasets.base import FewShotTask
 from .embedded import EmbeddedServer
 from .prompt import DEFAULT_ALPHA
-from .tasks import resolve_task
+from .tasks import Data, OwnData, resolve_task
 from .tune import Tuner, TuneResult, TuneSettings
 
 
@@ -29,8 +28,10 @@ async def connect(server: str | None, api_key: str | None = None, concurrency: i
 
 
 async def tune_async(
-    data: str | FewShotTask,
+    data: Data,
     *,
+    test_data: OwnData | None = None,
+    allow_fewer: bool = False,
     server: str | None = None,
     api_key: str | None = None,
     method: str = "sharpzo",
@@ -49,16 +50,20 @@ async def tune_async(
 ) -> TuneResult:
     """Tune a prompt for ``data`` with ``method`` within ``budget`` queries.
 
-    ``data`` is a built-in dataset name or a FewShotTask. Without ``server``, an embedded
-    server with the stand-in model starts on loopback for the duration of the run.
+    ``data`` is a built-in dataset name, a FewShotTask, or your own images: a folder with one
+    sub-folder per class or a ``path,label`` CSV file (str or Path; a str naming a built-in
+    dataset means the dataset), an InMemoryData or a tuple ``(images, labels, class_names)``.
+    ``test_data`` (same forms) replaces the test set held out from ``data``; ``allow_fewer``
+    lets classes with fewer than ``shots`` images train on what they have. Without ``server``,
+    an embedded server with the stand-in model starts on loopback for the duration of the run.
     """
-    task = resolve_task(data, shots, seed)
+    task = resolve_task(data, shots, seed, test_data, allow_fewer)
     settings = TuneSettings(method, budget, seed, dim, alpha, eval_every=eval_every, augment=augment, options=dict(options or {}))
     run_dir = Path(out) if out is not None else Path("runs") / f"{task.name}-{method}-s{seed}"
     async with connect(server, api_key, concurrency) as api:
         return await Tuner(api, task, settings, run_dir, show_progress=progress).run(resume=resume)
 
 
-def tune(data: str | FewShotTask, **kwargs: Any) -> TuneResult:
+def tune(data: Data, **kwargs: Any) -> TuneResult:
     """Synchronous ``tune_async``; same arguments."""
     return asyncio.run(tune_async(data, **kwargs))
