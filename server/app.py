@@ -179,7 +179,12 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
             queries=totals.queries, image_evals=totals.image_evals, requests=totals.requests, quota=totals.quota
         )
 
-    async def compute_token_embeddings(body: TokenEmbeddingsRequest) -> tuple[TokenEmbeddingsResponse, Charge]:
+    # Only /v1/logits is charged, so only it keeps responses for retries: the other POSTs are idempotent by content.
+    @app.post(
+        f"{API_PREFIX}/token-embeddings", response_model=TokenEmbeddingsResponse, responses=ERROR_RESPONSES,
+        dependencies=[Depends(current_account)],
+    )
+    async def token_embeddings(body: TokenEmbeddingsRequest) -> TokenEmbeddingsResponse:
         def run() -> tuple[list[int], np.ndarray]:
             with torch.inference_mode():
                 ids, emb = encoder.token_embeddings(body.text)
@@ -189,26 +194,19 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
             ids, emb = await on_model_thread(run)
         except PromptError as exc:
             raise ApiError(422, str(exc)) from exc
-        return TokenEmbeddingsResponse(tokens=ids, embeddings=Tensor.from_numpy(emb)), Charge()
+        return TokenEmbeddingsResponse(tokens=ids, embeddings=Tensor.from_numpy(emb))
 
-    @app.post(f"{API_PREFIX}/token-embeddings", response_model=TokenEmbeddingsResponse, responses=ERROR_RESPONSES)
-    async def token_embeddings(body: TokenEmbeddingsRequest, call: MeteredCall = Depends(metered)) -> Response:
-        return await call.respond(lambda: compute_token_embeddings(body))
-
-    async def compute_image_set(body: ImageSetRequest, owner: str) -> tuple[ImageSetInfo, Charge]:
+    @app.post(f"{API_PREFIX}/image-sets", response_model=ImageSetInfo, responses=ERROR_RESPONSES)
+    async def create_image_set(body: ImageSetRequest, account: Account = Depends(current_account)) -> ImageSetInfo:
         if len(body.images) > settings.max_images_per_set:
             raise ApiError(422, f"images: {len(body.images)} images is over the limit of {settings.max_images_per_set}")
-        set_id = image_set_id(loaded, body.images, body.augment, body.seed, owner=owner)
+        set_id = image_set_id(loaded, body.images, body.augment, body.seed, owner=account.name)
         try:
             image_set = await on_model_thread(store.create, set_id, body.images, body.augment, body.seed)
         except ImageError as exc:
             raise ApiError(422, str(exc)) from exc
-        await asyncio.to_thread(ledger.own_image_set, image_set.id, owner)
-        return ImageSetInfo(id=image_set.id, count=image_set.count), Charge()
-
-    @app.post(f"{API_PREFIX}/image-sets", response_model=ImageSetInfo, responses=ERROR_RESPONSES)
-    async def create_image_set(body: ImageSetRequest, call: MeteredCall = Depends(metered)) -> Response:
-        return await call.respond(lambda: compute_image_set(body, call.account.name))
+        await asyncio.to_thread(ledger.own_image_set, image_set.id, account.name)
+        return ImageSetInfo(id=image_set.id, count=image_set.count)
 
     @app.get(f"{API_PREFIX}/image-sets/{{set_id}}", response_model=ImageSetInfo, responses=ERROR_RESPONSES)
     async def get_image_set(set_id: str, account: Account = Depends(current_account)) -> ImageSetInfo:

@@ -181,7 +181,7 @@ class Ledger:
                         self._db.execute("COMMIT")
                         return Committed(self._totals(account, quota), earlier)
                 totals = self._totals(account, quota)
-                if charge.queries and quota is not None and totals.queries + charge.queries > quota:
+                if quota is not None and totals.queries + charge.queries > quota:
                     raise QuotaExceeded(totals)
                 self._db.execute(
                     "INSERT INTO usage (account, queries, image_evals, requests) VALUES (?, ?, ?, ?) "

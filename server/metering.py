@@ -1,4 +1,5 @@
-"""Charging requests: the quota check before work, the ledger commit before the response, and usage headers."""
+"""Charging scoring requests: the quota check before work, the commit (with idempotent replay) before the response,
+and the usage headers."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _over_quota(account: Account, queries: int, totals: Totals) -> ApiError:
 
 @dataclass
 class MeteredCall:
-    """One charged POST of an authenticated account, with its idempotency key if the client sent one."""
+    """One charged POST of an account, with its idempotency key if the client sent one."""
 
     request: Request
     account: Account
@@ -62,19 +63,18 @@ class MeteredCall:
                 return self._replay(replay(earlier, request_fingerprint))
         result, charge = await work()
         content = result.model_dump_json().encode()
-        if key is not None or charge != Charge():
-            try:
-                committed = await asyncio.to_thread(
-                    self.ledger.commit, self.account.name, self.account.quota, charge, key, request_fingerprint,
-                    content, self.window_s,
-                )
-            except QuotaExceeded as exc:  # concurrent requests spent the quota while this one worked
-                self.request.state.totals = exc.totals
-                raise _over_quota(self.account, charge.queries, exc.totals) from exc
-            self.request.state.totals = committed.totals
-            if committed.earlier is not None:  # a concurrent try with the same key committed first
-                return self._replay(replay(committed.earlier, request_fingerprint))
-            self.request.state.charge = charge
+        try:
+            committed = await asyncio.to_thread(
+                self.ledger.commit, self.account.name, self.account.quota, charge, key, request_fingerprint, content,
+                self.window_s,
+            )
+        except QuotaExceeded as exc:  # concurrent requests spent the quota while this one worked
+            self.request.state.totals = exc.totals
+            raise _over_quota(self.account, charge.queries, exc.totals) from exc
+        self.request.state.totals = committed.totals
+        if committed.earlier is not None:  # a concurrent try with the same key committed first
+            return self._replay(replay(committed.earlier, request_fingerprint))
+        self.request.state.charge = charge
         return Response(content, media_type="application/json")
 
 
