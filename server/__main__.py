@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from .app import create_app
     from .keys import KeyConfigError
+    from .ledger import LedgerError
     from .metrics import configure_access_log
     from .model import UnsupportedModel
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = ServerSettings()
         configure_access_log(settings.access_log)
         app = create_app(settings)
-    except (UnsupportedModel, ValidationError, KeyConfigError) as exc:
+    except (UnsupportedModel, ValidationError, KeyConfigError, LedgerError) as exc:
         print(f"sharpzo serve: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     import uvicorn

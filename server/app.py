@@ -88,12 +88,12 @@ def _decode_prompts(body: LogitsRequest, loaded: LoadedModel, max_candidates: in
 def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     api_keys = configured_keys(settings.api_keys and settings.api_keys.get_secret_value(), settings.api_keys_file)
+    ledger = Ledger(settings.ledger)  # before the model, so that a bad key or ledger setting fails fast
     loaded = loaded or load_model(settings)
     encoder = PromptedTextEncoder(loaded, settings.text_chunk_tokens)
     store = ImageSetStore(loaded, settings.max_image_sets, settings.max_image_pixels, settings.image_cache_dir)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
     limits = _limits(settings)
-    ledger = Ledger(settings.ledger)
     metrics = Metrics()
     if settings.auth == "on":
         limiter = TokenBucket(settings.rate_limit_rps, settings.rate_limit_burst)
@@ -128,7 +128,6 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
     install_error_handlers(app)
     app.state.settings = settings
     app.state.loaded = loaded
-    app.state.ledger = ledger
 
     async def on_model_thread(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ledger import Ledger, default_ledger_path
+from .ledger import Ledger, LedgerError, default_ledger_path
 
 ANONYMOUS = "anonymous"
 KEY_PREFIX = "szk_"
@@ -177,7 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    ledger = Ledger(args.ledger)
+    try:
+        ledger = Ledger(args.ledger)
+    except LedgerError as exc:
+        print(f"sharpzo keys: {exc}", file=sys.stderr)
+        return 1
     try:
         return int(args.run(ledger, args))
     except ValueError as exc:

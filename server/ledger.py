@@ -45,6 +45,10 @@ def default_ledger_path() -> Path:
     return Path(data_home) / "sharpzo" / "ledger.sqlite3"
 
 
+class LedgerError(RuntimeError):
+    """The ledger file cannot be opened or set up."""
+
+
 class QuotaExceeded(Exception):
     def __init__(self, totals: "Totals") -> None:
         super().__init__(f"quota of {totals.quota} queries reached")
@@ -101,15 +105,17 @@ class Ledger:
     """One SQLite connection shared by threads under a lock; other processes (``sharpzo keys``) wait on busy_timeout."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
         self._lock = threading.Lock()
-        with self._lock:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a charge the client was told about survives power loss, not just a process crash
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"ledger {path}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -171,6 +177,7 @@ class Ledger:
         ``quota``.
         """
         now = time.time()
+        packed = None if key is None else zlib.compress(body, 1)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -192,7 +199,7 @@ class Ledger:
                 if key is not None:
                     self._db.execute(
                         "INSERT INTO responses (account, idempotency_key, fingerprint, body, created) VALUES (?, ?, ?, ?, ?)",
-                        (account, key, fingerprint, zlib.compress(body, 1), now),
+                        (account, key, fingerprint, packed, now),
                     )
                 self._db.execute("COMMIT")
             except BaseException:
