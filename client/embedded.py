@@ -49,6 +49,7 @@ class EmbeddedServer:
         if pretrained is not None:
             self.env["SHARPZO_PRETRAINED"] = pretrained
         self.env.setdefault("SHARPZO_AUTH", "off")
+        self._temporary_log = log_path is None
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="sharpzo-server-", suffix=".log")[1])
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
@@ -62,15 +63,18 @@ class EmbeddedServer:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerStartError(f"the embedded server exited with {self.process.returncode}:\n{self.log_tail()}")
+                tail = self.log_tail()
+                self.stop()
+                raise ServerStartError(f"the embedded server exited with {self.process.returncode}:\n{tail}")
             try:
                 if httpx.get(f"{self.url}/v1/health", timeout=2.0).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        tail = self.log_tail()
         self.stop()
-        raise ServerStartError(f"the embedded server did not answer within {self.start_timeout:.0f} s:\n{self.log_tail()}")
+        raise ServerStartError(f"the embedded server did not answer within {self.start_timeout:.0f} s:\n{tail}")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -91,6 +95,8 @@ class EmbeddedServer:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+        if self._temporary_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "EmbeddedServer":
         return self.start()
