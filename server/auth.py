@@ -86,12 +86,12 @@ def bearer_dependency(authenticator: Authenticator, limiter: TokenBucket) -> Acc
         account = await asyncio.to_thread(authenticator.account, credentials.credentials)
         if account is None:
             raise ApiError(401, "Authorization: unknown or revoked API key", challenge)
+        await _remember(request, authenticator.ledger, account)
         wait = limiter.take(account.name)
         if wait > 0:
             raise ApiError(
                 429, f"rate: key {account.name!r} is over {limiter.rate:g} requests/s", {"Retry-After": str(math.ceil(wait))}
             )
-        await _remember(request, authenticator.ledger, account)
         return account
 
     return bearer_account

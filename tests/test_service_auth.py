@@ -145,7 +145,7 @@ def test_rate_limit_answers_429_with_retry_after(server) -> None:
         statuses = [flood.get("/v1/usage") for _ in range(40)]
         limited = [r for r in statuses if r.status_code == 429]
         assert limited and limited[0].json()["detail"].startswith("rate:")
-        assert int(limited[0].headers["Retry-After"]) >= 1
+        assert int(limited[0].headers["Retry-After"]) >= 1 and limited[0].headers["X-Queries-Used"] == "0"
         assert bob.get("/v1/usage").status_code == 200  # buckets are per key
 
 
@@ -223,3 +223,14 @@ def test_auth_off_charges_the_anonymous_account(tiny_server) -> None:
         # >=: other servers on this machine may charge the same default ledger's anonymous account meanwhile
         assert int(response.headers["X-Queries-Used"]) >= before["queries"] + 3
         assert http.get("/v1/usage").json()["queries"] >= before["queries"] + 3
+
+
+def test_bodies_the_fuzzer_broke_are_client_errors_or_scored(server) -> None:
+    with client(server, KEYS["bob"]) as http:
+        headers = {"content-type": "application/json", "Idempotency-Key": "raw-1"}
+        response = http.post("/v1/logits", content=b"\xff\xfe\x00\xd8garbage", headers=headers)
+        assert response.status_code == 422 and response.json()["detail"].startswith("body:")
+        set_id = upload(http, seed=70)
+        # a lone surrogate is not UTF-8: the request's fingerprint must come from its bytes, not re-encoded text
+        raw = json.dumps({**logits_body(set_id, 1), "class_names": ["\ud800"]}).encode()
+        assert http.post("/v1/logits", content=raw, headers={**headers, "Idempotency-Key": "raw-2"}).status_code == 200

@@ -51,7 +51,6 @@ def test_every_operation_conforms_to_the_schema(fuzzed_server: EmbeddedServer, t
         "--seed", "1",
         "--workers", "1",
         "--generation-database", "none",
-        "--report", "junit", "--report-dir", str(tmp_path),
         "--no-color",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
