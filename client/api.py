@@ -21,6 +21,7 @@ import numpy as np
 from sharpzo.shared.protocol import (
     API_PREFIX,
     IDEMPOTENCY_HEADER,
+    ImageSetConcatRequest,
     ImageSetInfo,
     ImageSetRequest,
     LogitsRequest,
@@ -153,7 +154,8 @@ class ApiClient:
                 if response.status_code < 400:
                     return response
                 detail = _detail(response)
-                if response.status_code not in _RETRY_STATUS:
+                # an exhausted quota does not refill by waiting; a rate limit does
+                if response.status_code not in _RETRY_STATUS or detail.startswith("quota"):
                     raise ApiError(response.status_code, detail)
                 last = f"HTTP {response.status_code}: {detail}"
                 delay = _retry_after(response)
@@ -177,6 +179,10 @@ class ApiClient:
         encoded = [base64.b64encode(b).decode("ascii") for b in images]
         body = ImageSetRequest(images=encoded, augment=augment, seed=seed).model_dump()
         return ImageSetInfo.model_validate((await self._send("POST", "/image-sets", body)).json())
+
+    async def concat_image_sets(self, parts: list[str]) -> ImageSetInfo:
+        body = ImageSetConcatRequest(parts=parts).model_dump()
+        return ImageSetInfo.model_validate((await self._send("POST", "/image-sets/concat", body)).json())
 
     async def image_set(self, set_id: str) -> ImageSetInfo | None:
         try:

@@ -12,11 +12,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from rich.progress import Progress
+
 from .api import ApiClient
 from .datasets.base import LabeledImages
 
 MAX_SIDE = 512
 MAX_BYTES = 1_000_000
+CHUNK_BYTES = 8_000_000
+CHUNK_IMAGES = 256
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,43 @@ class ImageSetCache:
         tmp.replace(self.path)
 
 
+def chunked(images: list[bytes], max_bytes: int = CHUNK_BYTES, max_images: int = CHUNK_IMAGES) -> list[list[bytes]]:
+    """Consecutive chunks, each under ``max_bytes`` of base64 (a single larger image goes alone)."""
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for data in images:
+        encoded = 4 * ((len(data) + 2) // 3)
+        if chunks[-1] and (size + encoded > max_bytes or len(chunks[-1]) >= max_images):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(data)
+        size += encoded
+    return chunks
+
+
+async def _upload(api: ApiClient, images: list[bytes], augment: bool, seed: int, label: str, progress: bool) -> str:
+    limits = (await api.model_info()).limits
+    # half the body limit leaves room for JSON around the base64
+    chunks = chunked(images, min(CHUNK_BYTES, limits.max_body_bytes // 2), min(CHUNK_IMAGES, limits.max_images_per_set))
+    if len(chunks) == 1:
+        return (await api.create_image_set(chunks[0], augment=augment, seed=seed)).id
+    parts = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"uploading {label} images", total=len(images))
+        for chunk in chunks:
+            parts.append((await api.create_image_set(chunk, augment=augment, seed=seed)).id)
+            bar.advance(task, len(chunk))
+    return (await api.concat_image_sets(parts)).id
+
+
 async def upload_split(
-    api: ApiClient, images: LabeledImages, augment: bool = False, seed: int = 0, cache: ImageSetCache | None = None
+    api: ApiClient,
+    images: LabeledImages,
+    augment: bool = False,
+    seed: int = 0,
+    cache: ImageSetCache | None = None,
+    label: str = "",
+    progress: bool = False,
 ) -> RemoteSplit:
     hashes = images.hashes()
     content = hashlib.sha256(f"{augment}|{seed}|{'|'.join(hashes)}".encode()).hexdigest()
@@ -84,9 +123,10 @@ async def upload_split(
             info = await api.image_set(known)
             if info is not None and info.count == len(images):
                 return RemoteSplit(known, images.labels, hashes)
-    info = await api.create_image_set([shrink(b) for b in images.images], augment=augment, seed=seed)
-    if info.count != len(images):
-        raise RuntimeError(f"the server stored {info.count} images of {len(images)}")
+    set_id = await _upload(api, [shrink(b) for b in images.images], augment, seed, label, progress)
+    info = await api.image_set(set_id)
+    if info is None or info.count != len(images):
+        raise RuntimeError(f"the server stored {None if info is None else info.count} images of {len(images)}")
     if cache is not None:
-        cache.put(key, info.id)
-    return RemoteSplit(info.id, images.labels, hashes)
+        cache.put(key, set_id)
+    return RemoteSplit(set_id, images.labels, hashes)

@@ -109,7 +109,7 @@ class Tuner:
         for name in ("train", "val", "test"):
             splits[name] = await upload_split(
                 self.api, getattr(self.task, name), augment=self.settings.augment and name == "train",
-                seed=self.settings.seed, cache=cache,
+                seed=self.settings.seed, cache=cache, label=name, progress=self.show_progress,
             )
         self.remote = RemoteTask(self.task.class_names, **splits)
 

@@ -16,6 +16,7 @@ from sharpzo.shared.protocol import (
     API_PREFIX,
     AccountUsage,
     Health,
+    ImageSetConcatRequest,
     ImageSetInfo,
     ImageSetRequest,
     Limits,
@@ -33,7 +34,7 @@ from .batcher import LogitsJob, MicroBatcher
 from .body_limit import BodyLimitMiddleware
 from .errors import ERROR_RESPONSES, ApiError, install_error_handlers
 from .idempotency import IdempotencyKey
-from .images import ImageError, ImageSet, ImageSetStore, image_set_id
+from .images import ImageError, ImageSet, ImageSetStore, concat_set_id, image_set_id
 from .keys import configured_keys
 from .ledger import Charge, Ledger
 from .metering import MeteredCall, UsageHeadersMiddleware
@@ -204,6 +205,22 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
             image_set = await on_model_thread(store.create, set_id, body.images, body.augment, body.seed)
         except ImageError as exc:
             raise ApiError(422, str(exc)) from exc
+        await asyncio.to_thread(ledger.own_image_set, image_set.id, account.name)
+        return ImageSetInfo(id=image_set.id, count=image_set.count)
+
+    @app.post(f"{API_PREFIX}/image-sets/concat", response_model=ImageSetInfo, responses=ERROR_RESPONSES)
+    async def concat_image_sets(body: ImageSetConcatRequest, account: Account = Depends(current_account)) -> ImageSetInfo:
+        parts = []
+        for i, part_id in enumerate(body.parts):
+            try:
+                parts.append(await owned_image_set(part_id, account))
+            except ApiError as exc:
+                raise ApiError(exc.status, f"parts[{i}]: no image set {part_id!r} on this server") from exc
+        total = sum(p.count for p in parts)
+        if total > settings.max_images_per_set:
+            raise ApiError(422, f"parts: {total} images in all is over the limit of {settings.max_images_per_set}")
+        set_id = concat_set_id(body.parts, account.name)
+        image_set = await on_model_thread(store.concat, set_id, parts)
         await asyncio.to_thread(ledger.own_image_set, image_set.id, account.name)
         return ImageSetInfo(id=image_set.id, count=image_set.count)
 

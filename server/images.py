@@ -76,6 +76,10 @@ def image_set_id(loaded: LoadedModel, images: list[str], augment: bool, seed: in
     return digest.hexdigest()[:32]
 
 
+def concat_set_id(parts: list[str], owner: str) -> str:
+    return hashlib.sha256(f"concat|{owner}|{'|'.join(parts)}".encode()).hexdigest()[:32]
+
+
 class ImageSetStore:
     """Encoded image sets by id, kept in memory (least recently used go first) and optionally on disk."""
 
@@ -111,13 +115,19 @@ class ImageSetStore:
                 self._sets.popitem(last=False)
         return image_set
 
+    def _persist(self, image_set: ImageSet) -> ImageSet:
+        if self.cache_dir is not None:
+            torch.save(image_set.features.cpu(), self.cache_dir / f"{image_set.id}.pt")
+        return self._keep(image_set)
+
+    def concat(self, set_id: str, parts: list[ImageSet]) -> ImageSet:
+        """One set holding the parts' features in order; no image is encoded again."""
+        return self.get(set_id) or self._persist(ImageSet(set_id, torch.cat([p.features for p in parts])))
+
     def create(self, set_id: str, images: list[str], augment: bool, seed: int) -> ImageSet:
         """Decode, preprocess and encode; runs on the model thread."""
         existing = self.get(set_id)
         if existing is not None:
             return existing
         decoded = [decode_image(data, i, self.max_pixels) for i, data in enumerate(images)]
-        image_set = ImageSet(set_id, encode_images(self.loaded, decoded, augment, seed))
-        if self.cache_dir is not None:
-            torch.save(image_set.features.cpu(), self.cache_dir / f"{set_id}.pt")
-        return self._keep(image_set)
+        return self._persist(ImageSet(set_id, encode_images(self.loaded, decoded, augment, seed)))

@@ -62,6 +62,12 @@ class ImageSetRequest(_Body):
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the augmentation.")
 
 
+class ImageSetConcatRequest(_Body):
+    parts: list[str] = Field(
+        min_length=1, max_length=1000, description="Ids of image sets (uploaded in chunks) to join, in order."
+    )
+
+
 class ImageSetInfo(BaseModel):
     id: str = Field(description="Content-derived id: the same images and options give the same id.")
     count: int = Field(description="Number of images in the set.")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,6 +26,21 @@ def encoded_image(seed: int, size: tuple[int, int] = (40, 30), fmt: str = "PNG",
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Servers' default ledgers and the client's image-set cache go to a temporary home, not the user's."""
+    root = tmp_path_factory.mktemp("home")
+    saved = {name: os.environ.get(name) for name in ("XDG_DATA_HOME", "XDG_CACHE_HOME")}
+    os.environ["XDG_DATA_HOME"] = str(root / "data")
+    os.environ["XDG_CACHE_HOME"] = str(root / "cache")
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
