@@ -101,19 +101,23 @@ def test_resume_ends_where_an_uninterrupted_run_ends(reference, tmp_path) -> Non
 
 
 def test_server_killed_mid_run_retries_finish_it(reference, tmp_path) -> None:
-    server = EmbeddedServer(**TINY).start()
+    env = {"SHARPZO_LEDGER": str(tmp_path / "ledger.sqlite3")}
+    server = EmbeddedServer(**TINY, env=env).start()
     try:
         run = tmp_path / "run"
         process = subprocess.Popen(tune_command(server.url, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wait_for_tells(run, 6, process)
-        server.kill()  # SIGKILL: image sets and all in-memory state are gone
+        server.kill()  # SIGKILL: image sets and all in-memory state are gone; the ledger stays
         time.sleep(1.0)
-        server = EmbeddedServer(**TINY, port=server.port).start()
+        server = EmbeddedServer(**TINY, port=server.port, env=env).start()
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, output
+        usage = httpx.get(f"{server.url}/v1/usage", timeout=30).json()
     finally:
         server.stop()
     np.testing.assert_allclose(_final_w(run), _final_w(reference["run"]), rtol=1e-5, atol=1e-6)
     ours = json.loads((run / "result.json").read_text())["budget"]
     theirs = json.loads((reference["run"] / "result.json").read_text())["budget"]
     assert ours["queries"] == theirs["queries"] and ours["monitor_queries"] == theirs["monitor_queries"]
+    # the ledger charged every query the client counted, once: nothing lost, nothing twice
+    assert usage["queries"] == ours["total_queries"] and usage["image_evals"] == ours["image_evals"]
