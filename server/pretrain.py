@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import open_clip
@@ -22,15 +23,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sharpzo.server.pretrain", description=__doc__.split(":")[0] + "."
     )
-    parser.add_argument("--steps", type=int, default=100, help="optimiser steps; sets the lr schedule (default 100: ~5 min on 2 idle cores)")
+    parser.add_argument("--steps", type=int, default=420, help="length of the lr schedule in optimiser steps (default 420, ~20 min on 2 idle cores)")
     parser.add_argument("--minutes", type=float, default=25.0, help="wall-clock cap: stop early and save if reached (default 25)")
+    parser.add_argument(
+        "--stop-after", type=int, default=None, metavar="N",
+        help="stop after N steps of the schedule: replays a run that the time cap stopped, exactly",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=STANDIN_WEIGHTS, help=f"checkpoint path (default {STANDIN_WEIGHTS})")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--group-size", type=int, default=32, help="classes per contrastive group, all distinct")
     parser.add_argument("--groups", type=int, default=4, help="groups per batch (batch = groups x group size)")
     parser.add_argument("--primary-share", type=float, default=0.4, help=f"share of each group from {PRIMARY}")
-    parser.add_argument("--max-per-dataset", type=int, default=5000, help="train images kept per dataset")
+    parser.add_argument("--max-per-dataset", type=int, default=15000, help="train images kept per dataset")
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args(argv)
 
@@ -53,19 +58,21 @@ def make_optimizer(model: torch.nn.Module, lr: float, steps: int) -> tuple[torch
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train(model: torch.nn.Module, sampler: GroupSampler, tokenizer: open_clip.tokenizer.SimpleTokenizer,
-          args: argparse.Namespace) -> tuple[int, float, float]:
-    """Run up to ``args.steps`` steps within ``args.minutes``; return steps done, seconds, last loss."""
+def train(
+    model: open_clip.CLIP, sampler: GroupSampler, tokenizer: Callable[[list[str]], torch.Tensor], args: argparse.Namespace
+) -> tuple[int, float, float]:
+    """Run the schedule until it ends, ``args.stop_after`` or ``args.minutes``; return steps done, seconds, last loss."""
     optimizer, scheduler = make_optimizer(model, args.lr, args.steps)
     loss_fn = open_clip.ClipLoss()
     model.train()
     start = time.monotonic()
     loss_value = float("nan")
+    planned = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
     columns = (TextColumn("pretraining"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
                TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
     with Progress(*columns) as progress:
-        task = progress.add_task("train", total=args.steps, loss=loss_value)
-        for step in range(args.steps):
+        task = progress.add_task("train", total=planned, loss=loss_value)
+        for step in range(planned):
             if time.monotonic() - start > args.minutes * 60:
                 progress.console.print(f"time cap of {args.minutes} min reached after {step} steps")
                 return step, time.monotonic() - start, loss_value
@@ -87,7 +94,7 @@ def train(model: torch.nn.Module, sampler: GroupSampler, tokenizer: open_clip.to
             progress.update(task, advance=1, loss=loss_value)
             if (step + 1) % max(1, args.steps // 10) == 0:  # the bar is not drawn when output is not a terminal
                 progress.console.print(f"step {step + 1}: loss {loss_value:.3f}, logit scale {model.logit_scale.exp().item():.1f}")
-    return args.steps, time.monotonic() - start, loss_value
+    return planned, time.monotonic() - start, loss_value
 
 
 def sha256_file(path: Path) -> str:
@@ -140,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
         "steps": args.steps,
         "steps_done": steps_done,
+        "stop_after": args.stop_after,
+        "max_per_dataset": args.max_per_dataset,
         "batch_size": args.groups * args.group_size,
         "group_size": args.group_size,
         "primary_share": args.primary_share,
