@@ -25,16 +25,30 @@ class PromptError(ValueError):
 
 
 @dataclass(frozen=True)
+class SuffixGroup:
+    """The classes whose suffixes have one length: no padding, and EOT is every row's last token."""
+
+    classes: torch.Tensor  # [C_g] long, positions in the class list
+    tokens: torch.Tensor  # [C_g, L_g] long
+
+
+@dataclass(frozen=True)
 class ClassSuffixes:
-    """Token ids of ``"{name}." [EOT]`` for each class, right-padded to a common length."""
+    """Token ids of ``"{name}." [EOT]`` for each class: padded to one length, and grouped by length."""
 
     names: tuple[str, ...]
-    tokens: torch.Tensor  # [C, Ls] long
+    tokens: torch.Tensor  # [C, Ls] long, right-padded
     eot: torch.Tensor  # [C] long, EOT index within the suffix
+    groups: tuple[SuffixGroup, ...]
 
     @property
     def length(self) -> int:
         return int(self.tokens.shape[1])
+
+    @property
+    def token_count(self) -> int:
+        """Suffix tokens one candidate runs through the fast path."""
+        return sum(g.tokens.numel() for g in self.groups)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -99,7 +113,12 @@ class PromptedTextEncoder:
         for k, ids in enumerate(rows):
             tokens[k, : len(ids)] = torch.tensor(ids)
         eot = torch.tensor([len(ids) - 1 for ids in rows])
-        return ClassSuffixes(names, tokens.to(self.device), eot.to(self.device))
+        groups = tuple(
+            SuffixGroup(members.to(self.device), tokens[members, :n].to(self.device))
+            for n in sorted(set(len(r) for r in rows))
+            for members in [torch.tensor([k for k, r in enumerate(rows) if len(r) == n])]
+        )
+        return ClassSuffixes(names, tokens.to(self.device), eot.to(self.device), groups)
 
     def _project(self, eot_states: torch.Tensor) -> torch.Tensor:
         features = self.model.ln_final(eot_states) @ self.model.text_projection
@@ -112,31 +131,35 @@ class PromptedTextEncoder:
 
     def encode(self, prompts: torch.Tensor, suffixes: ClassSuffixes) -> torch.Tensor:
         """Normalised text features [P, C, embed_dim] through the prefix-cached, EOT-cut path."""
-        per_candidate = len(suffixes.names) * suffixes.length
-        step = max(1, self.chunk_tokens // per_candidate)
+        step = max(1, self.chunk_tokens // suffixes.token_count)
         return torch.cat([self._encode_chunk(prompts[i : i + step], suffixes) for i in range(0, prompts.shape[0], step)])
 
     def _encode_chunk(self, prompts: torch.Tensor, suffixes: ClassSuffixes) -> torch.Tensor:
         n_cand, n_prefix = prompts.shape[0], prompts.shape[1] + 1
-        n_cls, n_suf = suffixes.tokens.shape
         xp = self._prefix(prompts)  # [P, Lp, W]
-        positions = self.model.positional_embedding[n_prefix : n_prefix + n_suf].to(self.dtype)
-        xs = (self.model.token_embedding(suffixes.tokens).to(self.dtype) + positions)  # [C, Ls, W]
-        xs = xs.unsqueeze(0).expand(n_cand, -1, -1, -1).reshape(n_cand * n_cls, n_suf, self.width)
-        # suffix token j sees the whole prefix and suffix tokens 0..j
-        visible = torch.ones(n_suf, n_prefix + n_suf, dtype=torch.bool, device=self.device)
-        visible[:, n_prefix:] = torch.ones(n_suf, n_suf, dtype=torch.bool, device=self.device).tril()
+        xs, visible = [], []
+        for group in suffixes.groups:
+            n_cls, n_suf = group.tokens.shape
+            positions = self.model.positional_embedding[n_prefix : n_prefix + n_suf].to(self.dtype)
+            x = self.model.token_embedding(group.tokens).to(self.dtype) + positions  # [C_g, L_g, W]
+            xs.append(x.unsqueeze(0).expand(n_cand, -1, -1, -1).reshape(n_cand * n_cls, n_suf, self.width))
+            # suffix token j sees the whole prefix and suffix tokens 0..j
+            mask = torch.ones(n_suf, n_prefix + n_suf, dtype=torch.bool, device=self.device)
+            mask[:, n_prefix:] = torch.ones(n_suf, n_suf, dtype=torch.bool, device=self.device).tril()
+            visible.append(mask)
         for block in self.model.transformer.resblocks:
             q, k, v = _qkv(block.attn, block.ln_1(xp))
-            qs, ks, vs = _qkv(block.attn, block.ln_1(xs))
-            shared = (n_cand, n_cls) + k.shape[1:]
-            k_all = torch.cat([k.unsqueeze(1).expand(shared).reshape(-1, *k.shape[1:]), ks], dim=2)
-            v_all = torch.cat([v.unsqueeze(1).expand(shared).reshape(-1, *v.shape[1:]), vs], dim=2)
-            xs = _finish_block(block, xs, F.scaled_dot_product_attention(qs, k_all, v_all, attn_mask=visible))
+            for i, group in enumerate(suffixes.groups):
+                qs, ks, vs = _qkv(block.attn, block.ln_1(xs[i]))
+                shared = (n_cand, len(group.classes)) + k.shape[1:]
+                k_all = torch.cat([k.unsqueeze(1).expand(shared).reshape(-1, *k.shape[1:]), ks], dim=2)
+                v_all = torch.cat([v.unsqueeze(1).expand(shared).reshape(-1, *v.shape[1:]), vs], dim=2)
+                xs[i] = _finish_block(block, xs[i], F.scaled_dot_product_attention(qs, k_all, v_all, attn_mask=visible[i]))
             xp = _finish_block(block, xp, F.scaled_dot_product_attention(q, k, v, is_causal=True))
-        eot = suffixes.eot.repeat(n_cand)
-        states = xs[torch.arange(xs.shape[0], device=self.device), eot]
-        return self._project(states).view(n_cand, n_cls, -1)
+        features = torch.empty(n_cand, len(suffixes.names), self.model.text_projection.shape[1], device=self.device)
+        for i, group in enumerate(suffixes.groups):
+            features[:, group.classes] = self._project(xs[i][:, -1]).view(n_cand, len(group.classes), -1)
+        return features
 
     def encode_reference(self, prompts: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         """The naive path: full-context sequences through open_clip's own transformer, per class and candidate."""
