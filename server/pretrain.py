@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stop-after", type=int, default=None, metavar="N",
         help="stop after N steps of the schedule: replays a run that the time cap stopped, exactly",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=STANDIN_WEIGHTS, help=f"checkpoint path (default {STANDIN_WEIGHTS})")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -47,7 +47,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, steps: int) -> tuple[torch
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.98), eps=1e-6,
-    )  # fmt: skip
+    )
     warmup = max(1, steps // 20)
 
     def factor(step: int) -> float:
@@ -69,7 +69,7 @@ def train(
     loss_value = float("nan")
     planned = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
     columns = (TextColumn("pretraining"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
-               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+               TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns) as progress:
         task = progress.add_task("train", total=planned, loss=loss_value)
         for step in range(planned):

@@ -18,7 +18,7 @@ INSTALL_HINT = "run `make data` as root, or `apt-get update && apt-get install -
 CLASS_NAMES: list[str] = [
     "T-shirt", "pair of trousers", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
-]  # fmt: skip
+]
 
 _FILE_PREFIX = {"train": "train", "test": "t10k"}
 
