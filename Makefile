@@ -47,3 +47,10 @@ bench-server: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The docker compose stack, built and run for real (root; installs docker.io, runs its own dockerd).
+SMOKE_BUDGET ?= 2200
+
+.PHONY: compose-smoke
+compose-smoke:
+	SMOKE_BUDGET=$(SMOKE_BUDGET) scripts/compose_smoke.sh

