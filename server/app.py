@@ -89,7 +89,7 @@ def _decode_prompts(body: LogitsRequest, loaded: LoadedModel, max_candidates: in
 def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     api_keys = configured_keys(settings.api_keys and settings.api_keys.get_secret_value(), settings.api_keys_file)
-    ledger = Ledger(settings.ledger)  # before the model, so that a bad key or ledger setting fails fast
+    ledger = Ledger(settings.ledger, settings.ledger_synchronous)  # before the model, so that a bad key or ledger setting fails fast
     loaded = loaded or load_model(settings)
     encoder = PromptedTextEncoder(loaded, settings.text_chunk_tokens)
     store = ImageSetStore(loaded, settings.max_image_sets, settings.max_image_pixels, settings.image_cache_dir)

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from typing import Literal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,15 +105,18 @@ class Committed:
 class Ledger:
     """One SQLite connection shared by threads under a lock; other processes (``sharpzo keys``) wait on busy_timeout."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
         self.path = path
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a charge the client was told about survives power loss, not just a process crash
-            self._db.execute("PRAGMA synchronous=FULL")
+            # Charge and replayable response commit in one transaction under either setting, so no
+            # query is ever charged twice. NORMAL survives process crashes; a power loss may forget the
+            # last charges together with their responses (then a retry is charged once). FULL also
+            # keeps those, at an fsync per charged request.
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"ledger {path}: {exc}") from exc

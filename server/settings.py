@@ -50,6 +50,10 @@ class ServerSettings(BaseSettings):
     ledger: Path = Field(
         default_factory=default_ledger_path, description="SQLite ledger: hashed keys, usage, idempotent responses."
     )
+    ledger_synchronous: Literal["NORMAL", "FULL"] = Field(
+        default="NORMAL",
+        description="SQLite synchronous mode: NORMAL survives process crashes; FULL also power loss, at an fsync a request.",
+    )
     idempotency_window_s: float = Field(
         default=24 * 3600.0, gt=0, description="How long a POST's response is kept for retries with its Idempotency-Key."
     )
