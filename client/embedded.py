@@ -28,6 +28,7 @@ def free_port() -> int:
 class EmbeddedServer:
     """``with EmbeddedServer(model=..., pretrained=...) as server: server.url``.
 
+    ``command`` replaces ``python -m sharpzo.server`` (e.g. the ``sharpzo serve`` script).
     ``env`` adds SHARPZO_* settings. The server's log goes to ``log_path``
     (a temporary file by default) and is quoted when start-up fails.
     """
@@ -40,6 +41,7 @@ class EmbeddedServer:
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         start_timeout: float = 180.0,
+        command: list[str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -53,9 +55,10 @@ class EmbeddedServer:
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="sharpzo-server-", suffix=".log")[1])
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
+        self.command = command or [sys.executable, "-m", "sharpzo.server"]
 
     def start(self) -> "EmbeddedServer":
-        command = [sys.executable, "-m", "sharpzo.server", "--port", str(self.port), "--log-level", "warning"]
+        command = [*self.command, "--port", str(self.port), "--log-level", "warning"]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -1,0 +1,39 @@
+"""`sharpzo serve` with no model options serves the stand-in, and its zero-shot accuracy holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from sharpzo.client.api import ApiClient
+from sharpzo.client.datasets.protocol import downstream_split
+from sharpzo.client.embedded import EmbeddedServer
+from sharpzo.client.image_sets import upload_split
+
+SUBSET = 112  # the first images of the groceries evaluation set, in protocol order
+EXPECTED_CORRECT = 63  # measured with the shipped checkpoint; fp32 on the CPU is deterministic to a flip or so
+
+
+def test_plain_serve_uses_the_standin_and_its_zero_shot_holds() -> None:
+    assert not {"SHARPZO_MODEL", "SHARPZO_PRETRAINED"} & set(os.environ)
+    server = EmbeddedServer(command=[str(Path(sys.executable).parent / "sharpzo"), "serve"]).start()
+    try:
+        evaluation = downstream_split("groceries").eval.subset(range(SUBSET))
+
+        async def zero_shot() -> tuple[dict, float]:
+            async with ApiClient(server.url) as api:
+                info = (await api.model_info()).model_dump()
+                p0 = await api.token_embeddings("a photo of a")
+                remote = await upload_split(api, evaluation)
+                scored = await api.score(remote.set_id, evaluation.class_names, p0[None], labels=remote.labels)
+                return info, float(scored.accuracy[0])
+
+        info, accuracy = asyncio.run(zero_shot())
+    finally:
+        server.stop()
+    assert info["name"] == "sharpzo-standin" and info["pretrained"].endswith("sharpzo-standin.pt")
+    assert info["width"] == 192 and info["context_length"] == 20
+    assert abs(round(accuracy * SUBSET) - EXPECTED_CORRECT) <= 1
+    assert 1 / 14 + 0.15 < accuracy < 0.85  # clearly above chance, clearly below perfect
