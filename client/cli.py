@@ -167,7 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     accuracy = asyncio.run(
         evaluate_prompt(args.dataset, args.prompt, args.server, args.api_key, args.shots, args.seed)
     )
-    console.print(json.dumps(accuracy))
+    print(json.dumps(accuracy))
 
 
 def main(argv: list[str] | None = None) -> None:

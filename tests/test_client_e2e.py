@@ -121,3 +121,20 @@ def test_server_killed_mid_run_retries_finish_it(reference, tmp_path) -> None:
     assert ours["queries"] == theirs["queries"] and ours["monitor_queries"] == theirs["monitor_queries"]
     # the ledger charged every query the client counted, once: nothing lost, nothing twice
     assert usage["queries"] == ours["total_queries"] and usage["image_evals"] == ours["image_evals"]
+
+
+def test_eval_and_plot_commands(reference, tmp_path) -> None:
+    run = reference["run"]
+    result = json.loads((run / "result.json").read_text())
+    with EmbeddedServer(**TINY) as server:
+        data = ["--dataset", "animals", "--shots", "2", "--seed", "3", "--server", server.url]
+        tuned = subprocess.run([SHARPZO, "eval", *data, "--prompt", str(run / "prompt.npz")],
+                               capture_output=True, text=True, timeout=300)
+        zero = subprocess.run([SHARPZO, "eval", *data], capture_output=True, text=True, timeout=300)
+    assert tuned.returncode == 0 and zero.returncode == 0, tuned.stderr + zero.stderr
+    assert json.loads(tuned.stdout)["test_accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-6)
+    assert json.loads(zero.stdout)["test_accuracy"] == pytest.approx(result["zero_shot_test_accuracy"], abs=1e-6)
+    figure = tmp_path / "fig.png"
+    plotted = subprocess.run([SHARPZO, "plot", str(run), str(run), "-o", str(figure)], capture_output=True, text=True)
+    assert plotted.returncode == 0, plotted.stderr
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
