@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -34,12 +36,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", action="append", type=RunConfig.parse, required=True,
                         help="NAME=METHOD[:option=json,...], e.g. sharpzo-es=sharpzo:sharpness=\"es\"")
     parser.add_argument("--reference", help="config to pair the others against (default: the first)")
+    parser.add_argument("--reach-of", action="append", default=[],
+                        help="also report queries to reach this config's final mean accuracy (repeatable)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 5000, 20000], help="table columns")
     parser.add_argument("--coop", type=Path, help="bench/coop.py output, drawn as the white-box reference")
     parser.add_argument("--parallel", type=int, default=3, help="runs in flight at once")
     parser.add_argument("--server", help="server URL; default: an embedded stand-in server")
     parser.add_argument("--out", type=Path, default=Path("bench/results/compare"))
     return parser.parse_args()
+
+
+def model_line(runs: dict[str, list[Path]]) -> str:
+    """The served model of the first run, with the checkpoint's sha256 when the file is readable here."""
+    first = next(iter(runs.values()))[0]
+    model = json.loads((first / "config.json").read_text()).get("model") or {}
+    line = f"Model: `{model.get('name')}`, weights `{model.get('pretrained')}`"
+    manifest = Path("server/weights/sharpzo-standin.manifest.json.gz")
+    weights = Path(model.get("pretrained") or "")
+    if weights.is_file():
+        line += f" (sha256 {hashlib.sha256(weights.read_bytes()).hexdigest()[:16]}…)"
+    elif manifest.exists() and model.get("name") == "sharpzo-standin":
+        sha = json.loads(gzip.decompress(manifest.read_bytes()))["checkpoint_sha256"]
+        line += f" (manifest sha256 {sha[:16]}…)"
+    return line + "."
 
 
 def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
@@ -62,36 +81,40 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
         rows.append([name, *[pct(values[:, c]) for c in columns], pct(finals), f"{spent:.0f}"])
     table = markdown_table(["config", *[f"test % @ {b}" for b in budgets], "final test %", "queries used"], rows)
 
-    targets = [zero_shot + 0.02, zero_shot + 0.05]
     reference = args.reference or next(iter(runs))
-    ref_final = curves[reference][:, -1].mean()
-    targets.append(ref_final)
+    targets = [(f"to {100 * (zero_shot + d):.1f}% (zero-shot + {100 * d:.0f})", zero_shot + d) for d in (0.02, 0.05)]
+    for name in [reference, *[r for r in args.reach_of if r != reference and r in curves]]:
+        final = curves[name][:, -1].mean()
+        targets.append((f"to {name}'s final {100 * final:.1f}%", final))
     reach_rows = []
     for name, values in curves.items():
         mean_curve = values.mean(0)
         cells = []
-        for target in targets:
-            hit = queries_to_reach(mean_curve, grid, target)
+        for _, target in targets:
+            hit = queries_to_reach(mean_curve, grid, target - 1e-9)
             cells.append("not reached" if hit is None else str(hit))
         reach_rows.append([name, *cells])
-    reach = markdown_table(
-        ["config", *[f"to {100 * t:.1f}%" for t in targets[:2]], f"to {reference}'s final {100 * ref_final:.1f}%"],
-        reach_rows,
-    )
+    reach = markdown_table(["config (mean curve over seeds)", *[label for label, _ in targets]], reach_rows)
 
     paired_rows = []
-    for name, values in curves.items():
-        if name == reference:
-            continue
-        diff = values[:, -1] - curves[reference][:, -1]
+    zs = {name: np.array([final_budget(r)["zero_shot_test_accuracy"] for r in runs[name]]) for name in curves}
+
+    def paired(label: str, diff: np.ndarray) -> list[str]:
         se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-        paired_rows.append([f"{name} − {reference}", f"{100 * diff.mean():+.1f}", f"{100 * se:.1f}",
-                            "yes" if abs(diff.mean()) > 2 * se else "no"])
-    paired = markdown_table(["paired difference at the final budget", "mean (points)", "SE", "|mean| > 2 SE"], paired_rows)
+        return [label, f"{100 * diff.mean():+.1f}", f"{100 * se:.1f}", "yes" if abs(diff.mean()) > 2 * se else "no"]
+
+    for name, values in curves.items():
+        if name != reference:
+            paired_rows.append(paired(f"{name} − {reference}", values[:, -1] - curves[reference][:, -1]))
+    for name, values in curves.items():
+        paired_rows.append(paired(f"{name} − zero-shot", values[:, -1] - zs[name]))
+    paired = markdown_table(
+        [f"paired difference at {args.budget} queries (same seeds)", "mean (points)", "SE", "abs(mean) > 2 SE"], paired_rows
+    )
 
     text = "\n\n".join([
         f"### {args.dataset}, {args.shots}-shot, seeds {args.seeds}, budget {args.budget}",
-        f"Zero-shot test accuracy: {zero_shot:.1%}.",
+        f"Zero-shot test accuracy: {zero_shot:.1%}. " + model_line(runs),
         table, reach, paired,
         "Configs: " + "; ".join(f"`{c.name}` = {c.method} {json.dumps(c.options)}" + (f" alpha={c.alpha}" if c.alpha else "")
                                 for c in args.config),

@@ -1,11 +1,12 @@
 """Choosing hyperparameters on the validation set (never the held-out set), queries counted.
 
-    python bench/select.py --dataset groceries --seeds 100 --budget 3000 \
+    python bench/selection.py --dataset groceries --seeds 100 --budget 3000 \
         --config zo-lr1e-3=zo-sgd:lr=1e-3 --config zo-lr1e-2=zo-sgd:lr=1e-2 ...
 
 Runs each candidate config on selection seeds (disjoint from the evaluation seeds, so the
 few-shot draws differ) and ranks the configs of each method by the final validation
-accuracy of their prompt. Every query the selection spent, method and monitoring, is
+accuracy of their prompt (ties, common on a 300-image validation set at small budgets,
+broken by the lower final validation loss). Every query the selection spent, method and monitoring, is
 summed into the report, because a user tuning hyperparameters would pay for them too.
 """
 
@@ -23,6 +24,12 @@ from aggregate import final_budget, markdown_table
 from grid import RunConfig, run_grid
 
 
+def final_val_loss(run_dir: Path) -> float:
+    """Validation loss of the final prompt (the log's last line, written after the budget ran out)."""
+    last = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])
+    return float(last.get("val_loss", float("nan")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="groceries")
@@ -38,21 +45,22 @@ def main() -> None:
                                 eval_every=args.budget, parallel=args.parallel, server=args.server))
     by_config: dict[str, list[dict]] = defaultdict(list)
     for run_dir in dirs:
-        by_config[run_dir.parent.name].append(final_budget(run_dir))
+        by_config[run_dir.parent.name].append({**final_budget(run_dir), "val_loss": final_val_loss(run_dir)})
     methods = {c.name: c for c in args.config}
     rows, best, spent = [], {}, 0
     for name, results in by_config.items():
         val = float(np.mean([r["val_accuracy"] for r in results]))
+        val_loss = float(np.mean([r["val_loss"] for r in results]))
         spent += sum(r["budget"]["total_queries"] for r in results)
         method = methods[name].method
-        if method not in best or val > best[method][1]:
-            best[method] = (name, val)
-        rows.append([name, method, f"{100 * val:.1f}"])
+        if method not in best or (val, -val_loss) > best[method][1]:
+            best[method] = (name, (val, -val_loss))
+        rows.append([name, method, f"{100 * val:.1f}", f"{val_loss:.4f}"])
     chosen = {method: name for method, (name, _) in best.items()}
     rows = [[*row, "chosen" if chosen[row[1]] == row[0] else ""] for row in rows]
     text = "\n\n".join([
         f"### Selection on {args.dataset} validation, seeds {args.seeds}, {args.budget} queries per run",
-        markdown_table(["config", "method", "val acc %", ""], rows),
+        markdown_table(["config", "method", "val acc %", "val loss", ""], rows),
         f"Queries spent on selection, all runs and monitoring included: {spent}.",
     ])
     out = args.out / args.dataset
