@@ -40,23 +40,22 @@ With more threads, CPU time would count spin-waiting, so ``--clock auto`` uses w
 FLOP model (matmul FLOPs only; layer norms, GELU, softmax, adds are not counted)
 ---------------------------------------------------------------------------------
 W = width, H = MLP hidden width, E = embed dim, Lyr = layers, m = context vectors,
-Lp = 1 + m (SOS + context), Ls = padded suffix length (longest ``"{name}." [EOT]``),
+Lp = 1 + m (SOS + context), Ls_k = class k's suffix length (``"{name}." [EOT]``),
 L = context_length. One token through one layer's linear maps costs
 ``f_tok = 2 * (3W*W + W*W + 2*W*H)`` (qkv, out projection, MLP up and down; = 24 W^2 when H = 4W).
 
 fast, per candidate::
 
-    Lyr * [ (Lp + C*Ls) * f_tok              # prefix once + every class suffix
-            + 4 * Lp*Lp * W                  # prefix self-attention, QK^T and AV (full square)
-            + 4 * C*Ls * (Lp + Ls) * W ]     # suffix queries against cached prefix + suffix keys
+    Lyr * [ (Lp + sum_k Ls_k) * f_tok                 # prefix once + every class suffix
+            + 4 * Lp*Lp * W                           # prefix self-attention, QK^T and AV (full square)
+            + 4 * sum_k Ls_k * (Lp + Ls_k) * W ]      # suffix queries against cached prefix + suffix keys
     + 2 * C * W * E                          # text projection of the C EOT states
 
 naive, per candidate::
 
     Lyr * C * [ L * f_tok + 4 * L*L * W ] + 2 * C * W * E
 
-Padding tokens in the suffix batch are counted: the fast path really computes them (the JSON
-also gives ``flop_ratio_unpadded``, the ratio if each suffix ran only up to its own EOT). The
+The fast path groups classes by suffix length, so it computes no padding token. The
 matmul peak is ``--mm-size``^3 fp32 ``torch.mm`` (2 n^3 FLOPs each) at the same thread count,
 measured inside every repeat; "% of matmul peak" = fast FLOPs x fast cand/s / matmul FLOP/s,
 median over repeats.
@@ -159,7 +158,6 @@ class Row:
     speedup_wall: float  # the same on wall-clock time
     speedup_cpu: float  # the same on process CPU time
     flop_ratio: float  # naive FLOPs / fast FLOPs: the speed-up if both ran at the same FLOP rate
-    flop_ratio_unpadded: float  # the same with every suffix cut at its own EOT (no padding)
     fast_gflop_per_cand: float
     naive_gflop_per_cand: float
     fast_gflops: float  # headline clock
@@ -185,7 +183,7 @@ def text_dims(model) -> dict:
 def flops_per_candidate(d: dict, m: int, c: int, ls: int | list[int]) -> tuple[float, float]:
     """(fast, naive) matmul FLOPs for one candidate's C class features; see the module docstring.
 
-    ``ls`` is the padded suffix length, or a list of per-class suffix lengths for the unpadded count.
+    ``ls`` is one suffix length for every class, or a list of per-class suffix lengths.
     """
     w, h, e, layers, ctx = d["width"], d["hidden"], d["embed"], d["layers"], d["context_length"]
     f_tok = 2 * (3 * w * w + w * w + 2 * w * h)
@@ -264,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                 names = class_names(c)
                 suffixes = enc.suffixes(names, args.m)
                 ls = suffixes.length
-                f_fast, f_naive = flops_per_candidate(dims, args.m, c, ls)
-                f_unpadded, _ = flops_per_candidate(dims, args.m, c, [int(e) + 1 for e in suffixes.eot])
+                # the fast path groups suffixes by length, so each runs only up to its own EOT
+                f_fast, f_naive = flops_per_candidate(dims, args.m, c, [int(e) + 1 for e in suffixes.eot])
 
                 # warm-up + correctness sanity on 1 candidate x 2 classes (cheap for both paths)
                 small = enc.suffixes(names[:2], args.m)
@@ -318,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                         suffix_length=ls, fast_n=fast_n[p], naive_n=naive_n, clock=clock,
                         fast_cand_per_s=med([f[clock] for f in fast]), naive_cand_per_s=med([n[clock] for n in naive]),
                         speedup=ratio(clock), speedup_wall=ratio("wall"), speedup_cpu=ratio("cpu"),
-                        flop_ratio=f_naive / f_fast, flop_ratio_unpadded=f_naive / f_unpadded,
+                        flop_ratio=f_naive / f_fast,
                         fast_gflop_per_cand=f_fast / 1e9, naive_gflop_per_cand=f_naive / 1e9,
                         fast_gflops=med([f[clock] for f in fast]) * f_fast / 1e9,
                         naive_gflops=med([n[clock] for n in naive]) * f_naive / 1e9,

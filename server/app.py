@@ -44,14 +44,17 @@ from .settings import ServerSettings
 from .text import PromptError, PromptedTextEncoder
 
 
-def _limits(settings: ServerSettings) -> Limits:
-    return Limits(
-        max_candidates=settings.max_candidates,
-        max_classes=settings.max_classes,
-        max_images_per_request=settings.max_images_per_request,
-        max_images_per_set=settings.max_images_per_set,
-        max_image_pixels=settings.max_image_pixels,
-        max_body_bytes=settings.max_body_bytes,
+def _model_info(loaded: LoadedModel, settings: ServerSettings) -> ModelInfo:
+    return ModelInfo(
+        name=loaded.name,
+        pretrained=loaded.pretrained,
+        embed_dim=loaded.embed_dim,
+        width=loaded.width,
+        context_length=loaded.context_length,
+        logit_scale=loaded.logit_scale,
+        device=str(loaded.device),
+        precision=loaded.precision,
+        limits=Limits(**settings.model_dump(include=set(Limits.model_fields))),
     )
 
 
@@ -94,7 +97,7 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
     encoder = PromptedTextEncoder(loaded, settings.text_chunk_tokens)
     store = ImageSetStore(loaded, settings.max_image_sets, settings.max_image_pixels, settings.image_cache_dir)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-    limits = _limits(settings)
+    info = _model_info(loaded, settings)
     metrics = Metrics()
     if settings.auth == "on":
         limiter = TokenBucket(settings.rate_limit_rps, settings.rate_limit_burst)
@@ -158,17 +161,7 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
         f"{API_PREFIX}/model", response_model=ModelInfo, responses=ERROR_RESPONSES, dependencies=[Depends(current_account)]
     )
     async def model_info() -> ModelInfo:
-        return ModelInfo(
-            name=loaded.name,
-            pretrained=loaded.pretrained,
-            embed_dim=loaded.embed_dim,
-            width=loaded.width,
-            context_length=loaded.context_length,
-            logit_scale=loaded.logit_scale,
-            device=str(loaded.device),
-            precision=loaded.precision,
-            limits=limits,
-        )
+        return info
 
     @app.get(
         f"{API_PREFIX}/usage", response_model=AccountUsage, responses=ERROR_RESPONSES, dependencies=[Depends(current_account)]
