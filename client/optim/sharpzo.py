@@ -89,7 +89,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
 
     def __init__(self, dim: int, seed: int = 0, config: SharpZOConfig | None = None) -> None:
         super().__init__(dim, seed, config)
-        self._cma = CMASearch(dim, self.config, self.rng)
+        self._cma: CMASearch | None = CMASearch(dim, self.config, self.rng)
         self.stage1_iterations = 0
         self.stage2_steps = 0
         self._shift = np.zeros(dim)  # ε* applied to the current generation
@@ -109,7 +109,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
 
     @property
     def solution(self) -> np.ndarray:
-        return self._cma.mean if self._descent is None else self._descent.w.copy()
+        return self._descent.w.copy() if self._descent is not None else self._cma.mean
 
     @property
     def stage(self) -> str:
@@ -212,6 +212,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
 
     def _switch(self) -> None:
         self._descent = RandomDirectionDescent(self._cma.mean, self.config.lr, self.config.rge_mu, 1, self.rng)
+        self._cma = None  # megabytes of covariance that every stage-2 checkpoint would otherwise carry
         if self._free_masks() and self._es_gradient is not None:
             self._mask_gradient = self._es_gradient
         self._begin_step()
