@@ -94,7 +94,8 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
     api_keys = configured_keys(settings.api_keys and settings.api_keys.get_secret_value(), settings.api_keys_file)
     ledger = Ledger(settings.ledger, settings.ledger_synchronous)  # before the model, so that a bad key or ledger setting fails fast
     loaded = loaded or load_model(settings)
-    encoder = PromptedTextEncoder(loaded, settings.text_chunk_tokens)
+    chunk = settings.text_chunk_tokens or (65_536 if loaded.device.type == "cuda" else 4096)
+    encoder = PromptedTextEncoder(loaded, chunk)
     store = ImageSetStore(loaded, settings.max_image_sets, settings.max_image_pixels, settings.image_cache_dir)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
     info = _model_info(loaded, settings)

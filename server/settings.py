@@ -34,8 +34,11 @@ class ServerSettings(BaseSettings):
     max_logit_elements: int = Field(default=64_000_000, ge=1, description="Most P x N x C logits one request may need.")
     max_image_sets: int = Field(default=256, ge=1, description="Image sets kept in memory; the oldest go first.")
 
-    text_chunk_tokens: int = Field(
-        default=65_536, ge=64, description="Most suffix tokens (candidates x classes x length) in one text-tower pass."
+    text_chunk_tokens: int | None = Field(
+        default=None,
+        ge=64,
+        description="Most suffix tokens (candidates x class tokens) in one text-tower pass; unset: 4096 on the CPU "
+        "(activations stay in cache), 65536 on CUDA.",
     )
     batch_window_ms: float = Field(default=2.0, ge=0, description="How long the micro-batcher waits to fill a batch.")
     batch_max_candidates: int = Field(default=4096, ge=1, description="Most candidates the micro-batcher merges.")
