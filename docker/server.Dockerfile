@@ -1,7 +1,13 @@
 # The SharpZO inference server: open_clip on torch (CUDA when the container gets a GPU, else CPU).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
 
+# Only the dependency list reaches the install layer below, so that edits elsewhere in
+# pyproject.toml do not reinstall torch (several GB).
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml docker/requirements.py /tmp/
+RUN python3 /tmp/requirements.py /tmp/pyproject.toml server >/tmp/requirements.txt
+
+FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
@@ -10,18 +16,17 @@ ENV PATH=/opt/venv/bin:$PATH \
 COPY docker/base-setup.sh /tmp/build/
 RUN sh /tmp/build/base-setup.sh
 
-# Dependencies before source: editing the code does not reinstall torch (several GB).
 ARG WHEELHOUSE_URL=
-COPY docker/pip-install.sh pyproject.toml constraints.txt /tmp/build/
+COPY docker/pip-install.sh constraints.txt /tmp/build/
+COPY --from=requirements /tmp/requirements.txt /tmp/build/
 COPY docker/certs/ /tmp/certs/
-RUN /tmp/build/pip-install.sh deps server
+RUN /tmp/build/pip-install.sh -r /tmp/build/requirements.txt -c /tmp/build/constraints.txt
 
-COPY README.md /tmp/build/src/
+COPY pyproject.toml README.md /tmp/build/src/
 COPY shared /tmp/build/src/shared
 COPY client /tmp/build/src/client
 COPY server /tmp/build/src/server
-RUN cp /tmp/build/pyproject.toml /tmp/build/src/ \
- && /tmp/build/pip-install.sh --no-deps --no-build-isolation /tmp/build/src \
+RUN /tmp/build/pip-install.sh --no-deps --no-build-isolation /tmp/build/src \
  && rm -rf /tmp/build /tmp/certs
 
 # open_clip downloads pretrained tags through Hugging Face (HF_HOME) into /weights, a volume in

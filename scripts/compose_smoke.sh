@@ -123,13 +123,7 @@ fi
 
 step "wheelhouse $WHEELHOUSE"
 requirements=$WORK/requirements.txt
-python3 - >"$requirements" <<'EOF'
-import tomllib
-
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-wanted = project["dependencies"] + project["optional-dependencies"]["server"] + project["optional-dependencies"]["data"]
-print("\n".join(wanted + ["setuptools>=68", "wheel"]))
-EOF
+python3 docker/requirements.py pyproject.toml server data >"$requirements"
 stamp=$( (cat "$requirements" constraints.txt; echo "$DATASETS") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$WHEELHOUSE/.stamp" 2>/dev/null)" = "$stamp" ]; then
     echo "reused ($(du -sh "$WHEELHOUSE" | cut -f1))"
