@@ -26,9 +26,19 @@ _FLAGS = {
 }
 
 
+def _settings_help() -> str:
+    lines = ["every setting (environment variable, default: meaning):"]
+    for name, field in ServerSettings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        lines.append(f"  SHARPZO_{name.upper()} ({default!r}): {field.description or ''}")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sharpzo serve",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve a frozen open_clip CLIP over HTTP for black-box prompt tuning. Every option can also "
         "be set as an environment variable SHARPZO_<OPTION> (e.g. SHARPZO_MODEL=ViT-B-32 SHARPZO_PRETRAINED=openai).",
     )

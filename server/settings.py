@@ -25,12 +25,14 @@ class ServerSettings(BaseSettings):
     init_seed: int = Field(default=0, description="torch seed before building the model: random weights are reproducible.")
     threads: int = Field(default=0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
 
-    max_candidates: int = Field(default=2048, ge=1)
-    max_classes: int = Field(default=1000, ge=1)
-    max_images_per_request: int = Field(default=10_000, ge=1)
-    max_images_per_set: int = Field(default=10_000, ge=1)
-    max_image_pixels: int = Field(default=40_000_000, ge=1)
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_candidates: int = Field(default=2048, ge=1, description="Most prompts (P) in one /v1/logits request.")
+    max_classes: int = Field(default=1000, ge=1, description="Most class names (C) in one /v1/logits request.")
+    max_images_per_request: int = Field(default=10_000, ge=1, description="Most images (N) one request may score.")
+    max_images_per_set: int = Field(default=10_000, ge=1, description="Most images in one image set.")
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1, description="Most pixels in one image, read from its header (stops decompression bombs)."
+    )
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request body; 413 beyond.")
     max_logit_elements: int = Field(default=64_000_000, ge=1, description="Most P x N x C logits one request may need.")
     max_image_sets: int = Field(default=256, ge=1, description="Image sets kept in memory; the oldest go first.")
 
