@@ -168,8 +168,9 @@ class Tuner:
             )
         state: LoopState = saved["state"]
         log = self.run_dir / "log.jsonl"
-        if log.exists():  # drop lines written after the checkpoint
-            kept = [ln for ln in log.read_text().splitlines() if json.loads(ln)["tells"] <= state.tells]
+        if log.exists():  # drop lines written after the checkpoint, and a finished run's final line
+            entries = [json.loads(ln) for ln in log.read_text().splitlines()]
+            kept = [json.dumps(e) for e in entries if e["tells"] <= state.tells and e["stage"] != "final"]
             log.write_text("".join(f"{ln}\n" for ln in kept))
         return state
 
