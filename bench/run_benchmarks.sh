@@ -33,3 +33,36 @@ if [[ $stage == coop || $stage == all ]]; then
   $PY bench/coop.py --dataset groceries --seeds 0 1 2 --threads 1 --out $R/coop-groceries.json
   $PY bench/coop.py --dataset fashion-mnist --seeds 0 1 2 --threads 1 --out $R/coop-fashion-mnist.json
 fi
+
+# The embedded servers ran with one torch thread (2 shared cores; see BENCHMARKS.md "Why 1 thread").
+export SHARPZO_THREADS=${SHARPZO_THREADS:-1}
+SZ='sharpness="cge",switch_queries=1000,lr=100,sigma0=3.0'      # paper version (coordinate-wise sharpness)
+SZES='sharpness="es",switch_queries=1000,lr=100,sigma0=3.0'     # query-efficient sharpness (ES gradient)
+
+# 3. SharpZO against its peers: groceries, 3 seeds, 3000 queries a run.
+if [[ $stage == groceries || $stage == all ]]; then
+  $PY bench/compare.py --dataset groceries --seeds 0 1 2 --budget 3000 --eval-every 250 --budgets 1000 2000 3000 \
+    --parallel 9 --config "sharpzo=sharpzo:$SZ" --config "sharpzo-es=sharpzo:$SZES" \
+    --config bbt=bbt:sigma0=3.0 --config zo-sgd=zo-sgd:lr=100 --config spsa-gc=spsa-gc:a=1000 \
+    --reference sharpzo-es --reach-of sharpzo --reach-of zo-sgd --coop $R/coop-groceries.json --out $R/compare
+fi
+# fashion-mnist: 1500 queries a run (compute), hyperparameters from the groceries selection, switch at a third.
+if [[ $stage == fashion-mnist || $stage == all ]]; then
+  $PY bench/compare.py --dataset fashion-mnist --seeds 0 1 2 --budget 1500 --eval-every 250 --budgets 500 1000 1500 \
+    --parallel 12 --config 'sharpzo-es=sharpzo:sharpness="es",switch_queries=500,lr=100,sigma0=3.0' \
+    --config bbt=bbt:sigma0=3.0 --config zo-sgd=zo-sgd:lr=100 --config spsa-gc=spsa-gc:a=1000 \
+    --coop $R/coop-fashion-mnist.json --out $R/compare
+fi
+
+# 4. Ablations on groceries, seed 0, 3000 queries, around the query-efficient SharpZO (base = sharpzo-es seed 0).
+if [[ $stage == ablations || $stage == all ]]; then
+  mkdir -p $R/ablations/groceries/base
+  [[ -e $R/ablations/groceries/base/seed0 ]] || ln -s ../../../compare/groceries/sharpzo-es/seed0 $R/ablations/groceries/base/seed0
+  $PY bench/compare.py --dataset groceries --seeds 0 --budget 3000 --eval-every 250 --budgets 1000 2000 3000 --parallel 8 \
+    --config "base=sharpzo:$SZES" \
+    --config "rho0=sharpzo:$SZES,rho=0" --config "rho0.01=sharpzo:$SZES,rho=0.01" --config "rho0.5=sharpzo:$SZES,rho=0.5" \
+    --config "mask-magnitude=sharpzo:$SZES,mask_score=\"magnitude\"" --config "mask-dense=sharpzo:$SZES,mask_fraction=1.0" \
+    --config "keep-highest=sharpzo:$SZES,mask_keep=\"highest\"" \
+    --config 'auto-switch=sharpzo:sharpness="es",switch_queries=None,auto_switch=true,lr=100,sigma0=3.0' \
+    --reference base --out $R/ablations
+fi
