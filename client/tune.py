@@ -11,6 +11,7 @@ Run directory:
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from .progress import TuneProgress
 from .prompt import DEFAULT_ALPHA, DEFAULT_INIT_TEXT, PromptSpace
 
 CHECKPOINT_FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,12 @@ class Tuner:
                 try:
                     result = await self.evaluate(ask.points, ask.split)
                 except BudgetExhausted:
+                    if state.tells == 0:
+                        log.warning(
+                            "%s's first batch needs %d queries, more than the budget of %d: nothing was tuned; raise "
+                            "--budget (or, for sharpzo, use --opt sharpness=es, which needs no 2d-query gradient)",
+                            self.settings.method, len(ask.points), self.settings.budget,
+                        )
                     break
                 opt.tell(result)
                 state.tells += 1

