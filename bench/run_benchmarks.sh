@@ -54,11 +54,14 @@ if [[ $stage == fashion-mnist || $stage == all ]]; then
     --coop $R/coop-fashion-mnist.json --out $R/compare
 fi
 
-# 4. Ablations on groceries, seed 0, 3000 queries, around the query-efficient SharpZO (base = sharpzo-es seed 0).
+# 4. Ablations on groceries, seeds 0 1 2, 3000 queries, around the query-efficient SharpZO (base = the sharpzo-es runs).
+#    (Run one seed at a time here: seed 0 first, then 1, then 2; the summary below covers all three.)
 if [[ $stage == ablations || $stage == all ]]; then
   mkdir -p $R/ablations/groceries/base
-  [[ -e $R/ablations/groceries/base/seed0 ]] || ln -s ../../../compare/groceries/sharpzo-es/seed0 $R/ablations/groceries/base/seed0
-  $PY bench/compare.py --dataset groceries --seeds 0 --budget 3000 --eval-every 250 --budgets 1000 2000 3000 --parallel 8 \
+  for s in 0 1 2; do
+    [[ -e $R/ablations/groceries/base/seed$s ]] || ln -s ../../../compare/groceries/sharpzo-es/seed$s $R/ablations/groceries/base/seed$s
+  done
+  $PY bench/compare.py --dataset groceries --seeds 0 1 2 --budget 3000 --eval-every 250 --budgets 1000 2000 3000 --parallel 8 \
     --config "base=sharpzo:$SZES" \
     --config "rho0=sharpzo:$SZES,rho=0" --config "rho0.01=sharpzo:$SZES,rho=0.01" --config "rho0.5=sharpzo:$SZES,rho=0.5" \
     --config "mask-magnitude=sharpzo:$SZES,mask_score=\"magnitude\"" --config "mask-dense=sharpzo:$SZES,mask_fraction=1.0" \
