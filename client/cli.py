@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(accuracy))
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C, so an embedded server is stopped too
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
         _forward("sharpzo.server", argv[1:])

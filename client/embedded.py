@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -63,6 +64,7 @@ class EmbeddedServer:
             self.process = subprocess.Popen(
                 command, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+        atexit.register(self.stop)  # no orphaned server when the client exits without reaching stop()
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -92,6 +94,7 @@ class EmbeddedServer:
             self.process.wait()
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:

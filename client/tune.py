@@ -202,6 +202,8 @@ class Tuner:
                 try:
                     result = await self.evaluate(ask.points, ask.split)
                 except BudgetExhausted:
+                    if opt.decline():
+                        continue
                     if state.tells == 0:
                         log.warning(
                             "%s's first batch needs %d queries, more than the budget of %d: nothing was tuned; raise "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -138,3 +140,18 @@ def test_eval_and_plot_commands(reference, tmp_path) -> None:
     plotted = subprocess.run([SHARPZO, "plot", str(run), str(run), "-o", str(figure)], capture_output=True, text=True)
     assert plotted.returncode == 0, plotted.stderr
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sigterm_stops_the_embedded_server_too(tmp_path) -> None:
+    env = {**os.environ, "SHARPZO_MODEL": "sharpzo-tiny", "SHARPZO_PRETRAINED": "none"}
+    run = tmp_path / "run"
+    process = subprocess.Popen([SHARPZO, "tune", "--out", str(run), *TUNE, "--budget", "100000"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_tells(run, 1, process)
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "no embedded server process"
+    process.terminate()
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    time.sleep(1.0)
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()

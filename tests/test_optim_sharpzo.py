@@ -156,3 +156,15 @@ def test_auto_switch_with_cge_asks_val_after_each_population() -> None:
         splits.append((len(ask.points), ask.split))
         opt.tell(script(ask))
     assert splits == [(2 * D, "train"), (S, "train"), (1, "val")] * 3
+
+
+def test_a_mask_refresh_that_does_not_fit_gives_way_to_steps() -> None:
+    opt = make_optimizer("sharpzo", 6, seed=0, popsize=4, switch_iterations=0, switch_queries=None, mask_interval=3)
+    assert len(opt.ask().points) == 12  # the first mask: 2d coordinate probes
+    assert opt.decline()  # too expensive: steps instead, dense since there is no mask yet
+    for _ in range(3):
+        assert len(opt.ask().points) == 2
+        opt.tell(Evaluation(np.ones(2), np.zeros(2)))
+    assert len(opt.ask().points) == 12 and opt.decline()  # every K = 3 steps a refresh is due again
+    assert len(opt.ask().points) == 2 and opt.stage2_steps == 3
+    assert not make_optimizer("zo-sgd", 6).decline()

@@ -79,6 +79,10 @@ class Optimizer(ABC, Generic[ConfigT]):
             self._track_best(request.ask.points, loss)
         self._absorb(request, Evaluation(loss, accuracy))
 
+    def decline(self) -> bool:
+        """The pending ask does not fit the caller's budget: True if a cheaper ask replaces it, False to stop."""
+        return False
+
     @property
     def queries(self) -> int:
         """Queries told so far, over every purpose."""

@@ -51,14 +51,18 @@ class SharpZOConfig(CMAConfig):
     )
     sharpness_mu: float = option(1e-3, "μc, finite-difference step of the stage-1 CGE/RGE probes")
     sharpness_probes: int = option(5, "random-direction pairs for sharpness='rge'")
-    switch_iterations: int | None = option(100, "Tc: switch to stage 2 after this many stage-1 iterations; None: never")
-    switch_queries: int | None = option(None, "also switch once this many queries (all kinds) have been spent")
+    switch_iterations: int | None = option(
+        None, "Tc: switch to stage 2 after this many stage-1 iterations (the paper: 100-500); None: by queries only"
+    )
+    switch_queries: int | None = option(
+        3000, "also switch once this many queries (all kinds) have been spent; about 1/3 of the budget did best on validation"
+    )
     auto_switch: bool = option(
         False, "switch once validation accuracy of the CMA mean stalls (1 val query an iteration)"
     )
     patience: int = option(10, "auto switch: stage-1 iterations in a row without a val-accuracy improvement")
     min_delta: float = option(0.01, "auto switch: an improvement must beat the best val accuracy by more than this")
-    lr: float = option(1e-3, "η, constant stage-2 learning rate")
+    lr: float = option(100.0, "η, constant stage-2 learning rate (chosen on groceries validation, bench/selection.py)")
     rge_mu: float = option(1e-3, "μr, finite-difference step of the stage-2 probes")
     mask_fraction: float = option(0.5, "fraction of coordinates stage 2 updates; 1.0 is dense (no mask queries)")
     mask_keep: MaskKeep = option("lowest", "keep the lowest scores (authors' code, Sparse-MeZO) or the highest")
@@ -132,6 +136,14 @@ class SharpZO(Optimizer[SharpZOConfig]):
         if self._phase == "mask":
             return Request(Ask(cge_probes(self._descent.w, c.mask_mu)), "mask")
         return Request(Ask(self._descent.probes(self._mask)), "step")
+
+    def decline(self) -> bool:
+        """A mask refresh (2d queries) that does not fit gives way to steps on the current mask (dense at first)."""
+        if self._phase != "mask":
+            return False
+        self._pending = None
+        self._phase = "step"
+        return True
 
     def _absorb(self, request: Request, result: Evaluation) -> None:
         c = self.config

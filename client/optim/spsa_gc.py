@@ -21,7 +21,7 @@ from .estimators import gaussian_directions, rademacher_directions, rge_gradient
 class SPSAGCConfig(OptimizerConfig):
     pairs: int = option(5, "two-sided perturbation pairs averaged per step (2·pairs queries a step)")
     perturbation: Literal["rademacher", "gaussian"] = option("rademacher", "distribution of the perturbation entries")
-    a: float = option(5e-3, "learning-rate gain: a_k = a / (k + 1 + A)^alpha")
+    a: float = option(1000.0, "learning-rate gain: a_k = a / (k + 1 + A)^alpha (chosen on groceries validation, bench/selection.py)")
     A: float = option(50.0, "stability constant of the learning-rate schedule")
     alpha: float = option(0.602, "learning-rate decay exponent")
     c: float = option(1e-3, "perturbation gain: c_k = c / (k + 1)^gamma")

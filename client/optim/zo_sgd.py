@@ -13,7 +13,7 @@ from .descent import RandomDirectionDescent
 
 @dataclass(frozen=True)
 class ZOSGDConfig(OptimizerConfig):
-    lr: float = option(1e-3, "constant learning rate η of w ← w − η ĝ")
+    lr: float = option(100.0, "constant learning rate η of w ← w − η ĝ (chosen on groceries validation, bench/selection.py; w's unit is tiny in ctx space)")
     mu: float = option(1e-3, "finite-difference step μ of the probes w ± μ u")
     directions: int = option(1, "q: random directions averaged per step (2q queries a step)")
 
