@@ -46,7 +46,7 @@ test: $(DATA_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(DATA_STAMP)
-	$(VENV)/bin/sharpzo tune --dataset groceries --shots 16 --method sharpzo --budget $(BUDGET) $(DEMO_OPTS) --seed 0 --out runs/demo
+	$(VENV)/bin/sharpzo tune --dataset groceries --shots 16 --method sharpzo --budget $(BUDGET) $(DEMO_OPTS) --eval-every 250 --seed 0 --out runs/demo
 
 pretrain: $(DATA_STAMP)
 	$(PY) -m sharpzo.server.pretrain --seed 0 --stop-after 119 --minutes 600
