@@ -142,10 +142,15 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
     ) -> MeteredCall:
         return MeteredCall(request, account, idempotency_key, ledger, settings.idempotency_window_s)
 
+    owners: dict[str, str] = {}  # set id -> account; an id is derived from its owner, so it never changes hands
+
     async def owned_image_set(set_id: str, account: Account) -> ImageSet:
         """Another account's image set is as unknown as a missing one."""
-        owner = await asyncio.to_thread(ledger.image_set_owner, set_id)
-        image_set = None if owner != account.name else await on_model_thread(store.get, set_id)
+        owner = owners.get(set_id) or await asyncio.to_thread(ledger.image_set_owner, set_id)
+        if owner is not None:
+            owners[set_id] = owner
+        # not on the model thread: a lookup must not wait behind a running batch
+        image_set = None if owner != account.name else await asyncio.to_thread(store.get, set_id)
         if image_set is None:
             raise ApiError(404, f"image_set: no image set {set_id!r} on this server")
         return image_set
