@@ -135,8 +135,7 @@ class Tuner:
         val, test = await self.evaluate(point, "val", "monitor"), await self.evaluate(point, "test", "monitor")
         return {"val_accuracy": float(val.accuracy[0]), "test_accuracy": float(test.accuracy[0]), "val_loss": float(val.loss[0])}
 
-    def _write_config(self) -> None:
-        model = self.api._model.model_dump() if self.api._model else None
+    def _write_config(self, model: dict[str, Any]) -> None:
         config = {
             "settings": asdict(self.settings),
             "server": self.api.base_url,
@@ -187,7 +186,7 @@ class Tuner:
         state = self._load() if resuming else self._fresh_state()
         self.api.budget = state.budget
         if not resuming:
-            self._write_config()
+            self._write_config((await self.api.model_info()).model_dump())
             (self.run_dir / "log.jsonl").write_text("")
             state.zero_shot = await self._monitor(np.zeros(self.settings.dim))
             self._log(state, {"stage": "zero-shot", **state.zero_shot}, 0.0)
