@@ -35,7 +35,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--config", action="append", type=RunConfig.parse, required=True,
                         help="NAME=METHOD[:option=json,...], e.g. sharpzo-es=sharpzo:sharpness=\"es\"")
-    parser.add_argument("--reference", help="config to pair the others against (default: the first)")
+    parser.add_argument("--reference", action="append", default=[],
+                        help="config to pair the others against (repeatable; default: the first config)")
     parser.add_argument("--reach-of", action="append", default=[],
                         help="also report queries to reach this config's final mean accuracy (repeatable)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 5000, 20000], help="table columns")
@@ -81,7 +82,8 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
         rows.append([name, *[pct(values[:, c]) for c in columns], pct(finals), f"{spent:.0f}"])
     table = markdown_table(["config", *[f"test % @ {b}" for b in budgets], "final test %", "queries used"], rows)
 
-    reference = args.reference or next(iter(runs))
+    pair_with = [r for r in args.reference if r in curves] or [next(iter(runs))]
+    reference = pair_with[0]
     targets = [(f"to {100 * (zero_shot + d):.1f}% (zero-shot + {100 * d:.0f})", zero_shot + d) for d in (0.02, 0.05)]
     for name in [reference, *[r for r in args.reach_of if r != reference and r in curves]]:
         final = curves[name][:, -1].mean()
@@ -103,9 +105,10 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
         se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
         return [label, f"{100 * diff.mean():+.1f}", f"{100 * se:.1f}", "yes" if abs(diff.mean()) > 2 * se else "no"]
 
-    for name, values in curves.items():
-        if name != reference:
-            paired_rows.append(paired(f"{name} − {reference}", values[:, -1] - curves[reference][:, -1]))
+    for ref in pair_with:
+        for name, values in curves.items():
+            if name != ref and not (name in pair_with and pair_with.index(name) < pair_with.index(ref)):
+                paired_rows.append(paired(f"{name} − {ref}", values[:, -1] - curves[ref][:, -1]))
     for name, values in curves.items():
         paired_rows.append(paired(f"{name} − zero-shot", values[:, -1] - zs[name]))
     paired = markdown_table(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every SharpZO-vs-peers benchmark in BENCHMARKS.md, in the order it was run (2026-11-24, 2 shared cores).
 # Run from the repository root. Finished runs are skipped, so an interrupted script can simply be started again.
-# Stage by stage: `bash bench/run_benchmarks.sh select|select-sharpzo|coop|groceries|fashion-mnist|ablations|all`.
+# Stage by stage: `bash bench/run_benchmarks.sh select|select-sharpzo|coop|groceries|fashion-mnist|ablations|groceries-20k|fashion-mnist-20k|all`.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 R=bench/results
@@ -68,4 +68,24 @@ if [[ $stage == ablations || $stage == all ]]; then
     --config "keep-highest=sharpzo:$SZES,mask_keep=\"highest\"" \
     --config 'auto-switch=sharpzo:sharpness="es",switch_queries=None,auto_switch=true,lr=100,sigma0=3.0' \
     --reference base --out $R/ablations
+fi
+
+# 5. groceries at 20K queries a run, all methods, 3 seeds; both SharpZO versions switch at a third of the budget.
+#    Run on a quiet machine with the server on both cores (SHARPZO_THREADS=2).
+if [[ $stage == groceries-20k || $stage == all ]]; then
+  SHARPZO_THREADS=2 $PY bench/compare.py --dataset groceries --seeds 0 1 2 --budget 20000 --eval-every 1000 \
+    --budgets 1000 5000 6667 20000 --parallel 9 \
+    --config 'sharpzo=sharpzo:sharpness="cge",switch_queries=6667,lr=100,sigma0=3.0' \
+    --config 'sharpzo-es=sharpzo:sharpness="es",switch_queries=6667,lr=100,sigma0=3.0' \
+    --config bbt=bbt:sigma0=3.0 --config zo-sgd=zo-sgd:lr=100 --config spsa-gc=spsa-gc:a=1000 \
+    --reference sharpzo --reference sharpzo-es --reach-of sharpzo --reach-of zo-sgd --coop $R/coop-groceries.json --out $R/compare20k
+fi
+# fashion-mnist at 20K queries a run, the same configs (hyperparameters from the groceries selection).
+if [[ $stage == fashion-mnist-20k || $stage == all ]]; then
+  SHARPZO_THREADS=2 $PY bench/compare.py --dataset fashion-mnist --seeds 0 1 2 --budget 20000 --eval-every 1000 \
+    --budgets 1000 5000 6667 20000 --parallel 15 \
+    --config 'sharpzo=sharpzo:sharpness="cge",switch_queries=6667,lr=100,sigma0=3.0' \
+    --config 'sharpzo-es=sharpzo:sharpness="es",switch_queries=6667,lr=100,sigma0=3.0' \
+    --config bbt=bbt:sigma0=3.0 --config zo-sgd=zo-sgd:lr=100 --config spsa-gc=spsa-gc:a=1000 \
+    --reference sharpzo --reference sharpzo-es --reach-of sharpzo --reach-of zo-sgd --coop $R/coop-fashion-mnist.json --out $R/compare20k
 fi
