@@ -20,9 +20,9 @@ from .conftest import TINY
 
 SHARPZO = str(Path(sys.executable).parent / "sharpzo")
 BUDGET = 160
-# d = 8, S = 6: stage-1 iterations cost 2d + S = 22 queries, the mask refresh 2d = 16, steps 2
+# The paper's version, d = 8, S = 6: stage-1 iterations cost 2d + S = 22 queries, the mask refresh 2d = 16, steps 2
 TUNE = ["--dataset", "animals", "--shots", "2", "--method", "sharpzo", "--budget", str(BUDGET), "--dim", "8",
-        "--opt", "popsize=6", "--opt", "switch_iterations=2", "--opt", "mask_interval=20", "--eval-every", "60",
+        "--opt", "sharpness=cge", "--opt", "popsize=6", "--opt", "switch_iterations=2", "--opt", "mask_interval=20", "--eval-every", "60",
         "--seed", "3", "--no-progress"]
 
 

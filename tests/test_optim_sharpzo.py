@@ -15,7 +15,8 @@ D, S = 6, 8
 
 
 def sharpzo(**options: Any) -> SharpZO:
-    optimizer = make_optimizer("sharpzo", D, seed=0, **{"popsize": S, **options})
+    """The paper's version (CGE sharpness and masks) unless a test asks for another."""
+    optimizer = make_optimizer("sharpzo", D, seed=0, **{"popsize": S, "sharpness": "cge", **options})
     assert isinstance(optimizer, SharpZO)
     return optimizer
 
@@ -159,7 +160,9 @@ def test_auto_switch_with_cge_asks_val_after_each_population() -> None:
 
 
 def test_a_mask_refresh_that_does_not_fit_gives_way_to_steps() -> None:
-    opt = make_optimizer("sharpzo", 6, seed=0, popsize=4, switch_iterations=0, switch_queries=None, mask_interval=3)
+    opt = make_optimizer(
+        "sharpzo", 6, seed=0, popsize=4, switch_iterations=0, switch_queries=None, mask_interval=3, sharpness="cge"
+    )
     assert len(opt.ask().points) == 12  # the first mask: 2d coordinate probes
     assert opt.decline()  # too expensive: steps instead, dense since there is no mask yet
     for _ in range(3):

@@ -1,4 +1,4 @@
-"""SharpZO (paper version): sharpness-aware CMA-ES, then sparse ZO-SGD.
+"""SharpZO: sharpness-aware CMA-ES, then sparse ZO-SGD.
 
 Stage 1, per iteration: a gradient estimate ĝ at the CMA mean θ gives
 ε* = ρ ĝ/‖ĝ‖; the population w_i is evaluated at w_i + ε* and told to CMA-ES
@@ -7,12 +7,13 @@ starts from θ: every ``mask_interval`` steps a mask Ω is scored, and each step
 one masked random-direction ZO-SGD step (2 queries).
 
 Where ĝ comes from (``sharpness``):
-- "cge": coordinate-wise estimate at θ, 2d queries an iteration (the paper);
-- "rge": ``sharpness_probes`` random pairs at θ, 2·probes queries;
-- "es": no extra queries: the previous generation's ES gradient (none in the
-  first iteration, so ε* = 0 there). Mask scores then come from already-paid
-  queries too: the last ES gradient at the switch, afterwards an exponential
-  average of the stage-2 estimates δ·ũ.
+- "es" (the default, chosen on validation): no extra queries: the previous
+  generation's ES gradient (none in the first iteration, so ε* = 0 there). Mask
+  scores then come from already-paid queries too: the last ES gradient at the
+  switch, afterwards an exponential average of the stage-2 estimates δ·ũ.
+- "cge": coordinate-wise estimate at θ, 2d queries an iteration, and a CGE for
+  every mask (the paper's version);
+- "rge": ``sharpness_probes`` random pairs at θ, 2·probes queries.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class SharpZOConfig(CMAConfig):
         "absolute", "absolute: ‖ε*‖ = ρ; sigma: ‖ε*‖ = ρ·(current CMA step size)"
     )
     sharpness: Literal["cge", "es", "rge"] = option(
-        "cge", "source of ĝ for ε*: cge (2d queries, paper), rge (2·sharpness_probes), es (free, previous generation)"
+        "es",
+        "source of ĝ for ε* and the mask scores: es (free: previous generation; chosen on groceries validation), "
+        "cge (2d queries, the paper's), rge (2·sharpness_probes)",
     )
     sharpness_mu: float = option(1e-3, "μc, finite-difference step of the stage-1 CGE/RGE probes")
     sharpness_probes: int = option(5, "random-direction pairs for sharpness='rge'")
