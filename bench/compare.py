@@ -105,9 +105,11 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
         se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
         return [label, f"{100 * diff.mean():+.1f}", f"{100 * se:.1f}", "yes" if abs(diff.mean()) > 2 * se else "no"]
 
+    pairs_done: set[frozenset[str]] = set()
     for ref in pair_with:
         for name, values in curves.items():
-            if name != ref and not (name in pair_with and pair_with.index(name) < pair_with.index(ref)):
+            if name != ref and frozenset((name, ref)) not in pairs_done:
+                pairs_done.add(frozenset((name, ref)))
                 paired_rows.append(paired(f"{name} − {ref}", values[:, -1] - curves[ref][:, -1]))
     for name, values in curves.items():
         paired_rows.append(paired(f"{name} − zero-shot", values[:, -1] - zs[name]))
