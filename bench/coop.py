@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sharpzo.client.datasets.base import LabeledImages
-from sharpzo.client.datasets.protocol import few_shot_task
+from sharpzo.data.base import LabeledImages
+from sharpzo.data.fewshot import few_shot_task
 from sharpzo.server.images import encode_images
 from sharpzo.server.model import load_model
 from sharpzo.server.settings import ServerSettings
 from sharpzo.server.text import PromptedTextEncoder
-from sharpzo.server.whitebox import PromptLoss, train_coop
+from sharpzo.tools.whitebox import PromptLoss, train_coop
 
 
 def features_of(loaded, images: LabeledImages) -> torch.Tensor:

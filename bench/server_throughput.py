@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sharpzo.server.model import LoadedModel, check_servable
-    from sharpzo.server.registry import register_project_configs
+    from sharpzo.server.project_models import register_project_configs
     from sharpzo.server.text import PromptedTextEncoder
 
     torch.set_num_threads(args.threads)

@@ -23,12 +23,13 @@ COPY docker/certs/ /tmp/certs/
 RUN /tmp/build/pip-install.sh -r /tmp/build/requirements.txt -c /tmp/build/constraints.txt \
  && if [ -n "$DATASETS" ]; then /tmp/build/pip-install.sh --no-deps $DATASETS; fi
 
-COPY pyproject.toml README.md /tmp/build/src/
-COPY shared /tmp/build/src/shared
-COPY client /tmp/build/src/client
-# The client never imports the server package; its modules (not the weights) only let setuptools build.
-COPY server/*.py /tmp/build/src/server/
-RUN /tmp/build/pip-install.sh --no-deps --no-build-isolation /tmp/build/src \
+# Only what the client runs: the wire protocol, the client and the dataset loaders (no server code).
+COPY pyproject.toml README.md /tmp/build/project/
+COPY src/sharpzo/__init__.py /tmp/build/project/src/sharpzo/
+COPY src/sharpzo/shared /tmp/build/project/src/sharpzo/shared
+COPY src/sharpzo/client /tmp/build/project/src/sharpzo/client
+COPY src/sharpzo/data /tmp/build/project/src/sharpzo/data
+RUN /tmp/build/pip-install.sh --no-deps --no-build-isolation /tmp/build/project \
  && rm -rf /tmp/build /tmp/certs
 
 ENV MPLCONFIGDIR=/tmp/matplotlib

@@ -22,11 +22,12 @@ COPY --from=requirements /tmp/requirements.txt /tmp/build/
 COPY docker/certs/ /tmp/certs/
 RUN /tmp/build/pip-install.sh -r /tmp/build/requirements.txt -c /tmp/build/constraints.txt
 
-COPY pyproject.toml README.md /tmp/build/src/
-COPY shared /tmp/build/src/shared
-COPY client /tmp/build/src/client
-COPY server /tmp/build/src/server
-RUN /tmp/build/pip-install.sh --no-deps --no-build-isolation /tmp/build/src \
+# Only what the server runs: the wire protocol and the serving package (no client, no offline tools).
+COPY pyproject.toml README.md /tmp/build/project/
+COPY src/sharpzo/__init__.py /tmp/build/project/src/sharpzo/
+COPY src/sharpzo/shared /tmp/build/project/src/sharpzo/shared
+COPY src/sharpzo/server /tmp/build/project/src/sharpzo/server
+RUN /tmp/build/pip-install.sh --no-deps --no-build-isolation /tmp/build/project \
  && rm -rf /tmp/build /tmp/certs
 
 # open_clip downloads pretrained tags through Hugging Face (HF_HOME) into /weights, a volume in

@@ -155,12 +155,12 @@ done
 echo "served to the builds at http://$gateway:$http_port/"
 
 step "settings"
-if [ -f server/weights/sharpzo-standin.pt ]; then
+if [ -f src/sharpzo/server/weights/sharpzo-standin-v2.pt ]; then
     model_lines="" # the server's default: the shipped stand-in and its checkpoint
-    model_desc="sharpzo-standin (shipped checkpoint)"
+    model_desc="sharpzo-standin-v2 (shipped checkpoint)"
 else
     model_lines=$'SHARPZO_MODEL=sharpzo-tiny\nSHARPZO_PRETRAINED=none'
-    model_desc="sharpzo-tiny with random weights (NOTE: server/weights/sharpzo-standin.pt is missing)"
+    model_desc="sharpzo-tiny with random weights (NOTE: src/sharpzo/server/weights/sharpzo-standin-v2.pt is missing)"
 fi
 api_key=szk_smoke_$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
 server_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

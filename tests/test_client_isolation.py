@@ -14,7 +14,7 @@ def test_client_imports_no_torch() -> None:
     code = (
         "import sys\n"
         "import sharpzo.client, sharpzo.client.api, sharpzo.client.optim, sharpzo.client.cli, sharpzo.client.tune\n"
-        "import sharpzo.client.datasets.registry, sharpzo.client.plot\n"
+        "import sharpzo.data.catalog, sharpzo.client.plot\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'torchvision', 'pyarrow')"
         " or m.startswith('sharpzo.server'))\n"
         "print(bad)\n"

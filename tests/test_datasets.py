@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sharpzo.client.datasets import fashion_mnist
-from sharpzo.client.datasets.base import LabeledImages
-from sharpzo.client.datasets.encoding import gray_png
-from sharpzo.client.datasets.locate import DatasetNotInstalledError, package_file
-from sharpzo.client.datasets.protocol import SPECS, downstream_split, few_shot_task
-from sharpzo.client.datasets.registry import DATASETS, load_split
+from sharpzo.data import fashion_mnist
+from sharpzo.data.base import LabeledImages
+from sharpzo.data.encoding import gray_png
+from sharpzo.data.locate import DatasetNotInstalledError, package_file
+from sharpzo.data.fewshot import SPECS, downstream_split, few_shot_task
+from sharpzo.data.catalog import DATASETS, load_split
 
 # (train, test) sizes after removing byte-identical repeats
 SIZES = {"groceries": (675, 661), "mnist": (50_000, 10_000), "fashion-mnist": (60_000, 10_000), "animals": (7_288, 2_428)}

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from sharpzo.client.api import ApiClient
-from sharpzo.client.datasets.base import LabeledImages
+from sharpzo.data.base import LabeledImages
 from sharpzo.client.image_sets import upload_split
 from sharpzo.client.optim.estimators import cge_gradient, cge_probes
 from sharpzo.client.prompt import PromptSpace
@@ -22,7 +22,7 @@ from sharpzo.server.images import encode_images
 from sharpzo.server.model import load_model
 from sharpzo.server.settings import ServerSettings
 from sharpzo.server.text import PromptedTextEncoder
-from sharpzo.server.whitebox import PromptLoss
+from sharpzo.tools.whitebox import PromptLoss
 
 from .conftest import encoded_image
 

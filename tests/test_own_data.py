@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from sharpzo.client.cli import build_parser
-from sharpzo.client.datasets.base import FewShotTask
-from sharpzo.client.datasets.user_data import InMemoryData
+from sharpzo.data.base import FewShotTask
+from sharpzo.data.user_data import InMemoryData
 from sharpzo.client.embedded import EmbeddedServer
 from sharpzo.client.tasks import resolve_task
 

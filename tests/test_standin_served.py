@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from sharpzo.client.api import ApiClient
-from sharpzo.client.datasets.protocol import downstream_split
+from sharpzo.data.fewshot import downstream_split
 from sharpzo.client.embedded import EmbeddedServer
 from sharpzo.client.image_sets import upload_split
 
@@ -33,7 +33,7 @@ def test_plain_serve_uses_the_standin_and_its_zero_shot_holds() -> None:
         info, accuracy = asyncio.run(zero_shot())
     finally:
         server.stop()
-    assert info["name"] == "sharpzo-standin" and info["pretrained"].endswith("sharpzo-standin.pt")
+    assert info["name"] == "sharpzo-standin-v2" and info["pretrained"].endswith("sharpzo-standin-v2.pt") and info["logit_scale"] >= 50
     assert info["width"] == 192 and info["context_length"] == 20
     assert abs(round(accuracy * SUBSET) - EXPECTED_CORRECT) <= 1
     assert 1 / 14 + 0.15 < accuracy < 0.85  # clearly above chance, clearly below perfect

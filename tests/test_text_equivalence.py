@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sharpzo.server.model import LoadedModel, UnsupportedModel, check_servable
-from sharpzo.server.registry import register_project_configs
+from sharpzo.server.project_models import register_project_configs
 from sharpzo.server.text import PromptedTextEncoder, PromptError
 
 CLASSES = ["Granny Smith apple", "pear", "a much longer class name with several words", "orange", "satsumas"]
@@ -27,7 +27,7 @@ def encoder_for(name: str, chunk_tokens: int = 65_536) -> PromptedTextEncoder:
     return PromptedTextEncoder(loaded, chunk_tokens)
 
 
-@pytest.mark.parametrize("name", ["ViT-B-32", "RN50", "sharpzo-tiny", "sharpzo-standin"])
+@pytest.mark.parametrize("name", ["ViT-B-32", "RN50", "sharpzo-tiny", "sharpzo-standin-v1", "sharpzo-standin-v2"])
 def test_fast_path_matches_reference(name: str) -> None:
     encoder = encoder_for(name, chunk_tokens=64)  # a small chunk also exercises chunking
     with torch.inference_mode():

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 
 from sharpzo.client.api import ApiClient
-from sharpzo.client.datasets.base import LabeledImages
+from sharpzo.data.base import LabeledImages
 from sharpzo.client.image_sets import ImageSetCache, chunked, upload_split
 
 from .conftest import b64, encoded_image

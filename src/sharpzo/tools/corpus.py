@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from sharpzo.client.datasets.locate import DatasetNotInstalledError
-from sharpzo.client.datasets.registry import DATASETS, load_split
+from sharpzo.data.locate import DatasetNotInstalledError
+from sharpzo.data.catalog import DATASETS, load_split
 
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",

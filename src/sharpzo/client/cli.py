@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .datasets.registry import DATASETS
+from sharpzo.data.catalog import DATASETS
 from .optim import OPTIMIZERS
 from .prompt import DEFAULT_ALPHA
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from rich.progress import Progress
 
 from .api import ApiClient
-from .datasets.base import LabeledImages
+from sharpzo.data.base import LabeledImages
 
 MAX_SIDE = 512
 MAX_BYTES = 1_000_000

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-from .registry import register_project_configs
+from .project_models import register_project_configs
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)

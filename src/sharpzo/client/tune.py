@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .api import ApiClient, ApiError, Budget, BudgetExhausted
-from .datasets.base import FewShotTask
+from sharpzo.data.base import FewShotTask
 from .image_sets import ImageSetCache, RemoteSplit, upload_split
 from .optim import Evaluation, Optimizer, make_optimizer
 from .progress import TuneProgress

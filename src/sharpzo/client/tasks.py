@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from .datasets.base import FewShotTask
-from .datasets.protocol import few_shot_task
-from .datasets.registry import DATASETS
-from .datasets.user_data import InMemoryData, UserImages, load_user_data
-from .datasets.user_split import user_task
+from sharpzo.data.base import FewShotTask
+from sharpzo.data.fewshot import few_shot_task
+from sharpzo.data.catalog import DATASETS
+from sharpzo.data.user_data import InMemoryData, UserImages, load_user_data
+from sharpzo.data.user_split import user_task
 
 OwnData: TypeAlias = str | Path | InMemoryData | tuple[Sequence[Any], Sequence[int], Sequence[str]]
 Data: TypeAlias = FewShotTask | OwnData

@@ -1,6 +1,6 @@
 """Zero-shot accuracy of an open_clip model on each dataset's held-out evaluation set of the protocol.
 
-``python -m sharpzo.server.zeroshot`` scores the stand-in; ``--model ViT-B-32 --pretrained openai``
+``python -m sharpzo.tools.zeroshot`` scores the stand-in; ``--model ViT-B-32 --pretrained openai``
 scores real CLIP where its weights can be had.
 """
 
@@ -16,12 +16,12 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from sharpzo.client.datasets.base import LabeledImages
-from sharpzo.client.datasets.locate import DatasetNotInstalledError
-from sharpzo.client.datasets.protocol import downstream_split
-from sharpzo.client.datasets.registry import DATASETS
+from sharpzo.data.base import LabeledImages
+from sharpzo.data.locate import DatasetNotInstalledError
+from sharpzo.data.fewshot import downstream_split
+from sharpzo.data.catalog import DATASETS
 
-from .registry import STANDIN_MODEL, STANDIN_WEIGHTS, register_project_configs
+from sharpzo.server.project_models import DEFAULT_MODEL, register_project_configs, shipped_weights
 
 TEMPLATE = "a photo of a {}."
 
@@ -47,9 +47,9 @@ def zero_shot_accuracy(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sharpzo.server.zeroshot", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=STANDIN_MODEL, help=f"open_clip model name (default {STANDIN_MODEL})")
-    parser.add_argument("--pretrained", default=str(STANDIN_WEIGHTS), help="pretrained tag or checkpoint path")
+    parser = argparse.ArgumentParser(prog="python -m sharpzo.tools.zeroshot", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"open_clip model name (default {DEFAULT_MODEL})")
+    parser.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path (default: the model's shipped weights)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--split", choices=("eval", "val"), default="eval", help="protocol set to score")
     parser.add_argument("--threads", type=int, default=2)
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     register_project_configs()
+    if args.pretrained is None:
+        args.pretrained = str(shipped_weights(args.model))
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.pretrained)
     tokenizer = open_clip.get_tokenizer(args.model)
 

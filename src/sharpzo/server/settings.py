@@ -9,16 +9,20 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .ledger import default_ledger_path
-from .registry import STANDIN_MODEL, STANDIN_WEIGHTS
+from .project_models import DEFAULT_MODEL, shipped_weights
 
 
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHARPZO_", extra="ignore")
 
-    model: str = Field(default=STANDIN_MODEL, description="open_clip model name (e.g. ViT-B-32, RN50, sharpzo-standin).")
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="open_clip model name (e.g. ViT-B-32, RN50, or the project's sharpzo-standin-v2 and sharpzo-standin-v1).",
+    )
     pretrained: str | None = Field(
-        default=str(STANDIN_WEIGHTS),
-        description="open_clip pretrained tag (e.g. openai) or a checkpoint file; empty or 'none' for random weights.",
+        default=None,
+        description="open_clip pretrained tag (e.g. openai) or a checkpoint file; unset: a project model's shipped "
+        "weights; 'none' for random weights.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto picks CUDA when available.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="bf16 and fp16 need CUDA.")
@@ -67,6 +71,9 @@ class ServerSettings(BaseSettings):
     access_log: bool = Field(default=True, description="One JSON line per request on stderr.")
 
     def pretrained_or_none(self) -> str | None:
-        if self.pretrained is None or self.pretrained.strip().lower() in ("", "none", "random"):
+        if self.pretrained is None:
+            shipped = shipped_weights(self.model)
+            return None if shipped is None else str(shipped)
+        if self.pretrained.strip().lower() in ("", "none", "random"):
             return None
         return self.pretrained

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .text import PromptedTextEncoder
+from sharpzo.server.text import PromptedTextEncoder
 
 
 @dataclass

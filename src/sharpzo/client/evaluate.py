@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets.base import FewShotTask
+from sharpzo.data.base import FewShotTask
 from .image_sets import ImageSetCache, upload_split
 from .prompt import DEFAULT_INIT_TEXT
 from .runner import connect

@@ -1,7 +1,7 @@
 """SharpZO client: black-box prompt tuning of a hosted CLIP through its API alone (no torch)."""
 
 from .api import ApiClient, ApiError, Budget, BudgetExhausted, UsageMismatch
-from .datasets.user_data import InMemoryData
+from sharpzo.data.user_data import InMemoryData
 from .runner import tune, tune_async
 from .tune import TuneResult, TuneSettings
 

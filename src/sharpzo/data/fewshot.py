@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from .base import FewShotTask, LabeledImages
-from .registry import DATASETS, load_split
+from .catalog import DATASETS, load_split
 
 PROTOCOL_SEED = 20241124
 
