@@ -50,6 +50,10 @@ class LedgerError(RuntimeError):
     """The ledger file cannot be opened or set up."""
 
 
+class LedgerUnavailable(RuntimeError):
+    """The ledger's database cannot be reached right now (a restart, a network fault); the request may be retried."""
+
+
 class QuotaExceeded(Exception):
     def __init__(self, totals: "Totals") -> None:
         super().__init__(f"quota of {totals.quota} queries reached")

@@ -74,18 +74,30 @@ class ImageSetInfo(BaseModel):
 
 
 class Usage(BaseModel):
-    queries: int = Field(description="Candidates scored: one query per prompt candidate.")
-    image_evals: int = Field(description="Candidates times images scored.")
-    requests: int = Field(description="HTTP requests charged.")
+    """What was charged: of one request, of a run, or of an account. The one usage type of server, ledger and client."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queries: int = Field(default=0, description="Candidates scored: one query per prompt candidate.")
+    image_evals: int = Field(default=0, description="Candidates times images scored.")
+    requests: int = Field(default=0, description="HTTP requests charged.")
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            queries=self.queries + other.queries,
+            image_evals=self.image_evals + other.image_evals,
+            requests=self.requests + other.requests,
+        )
 
 
-class AccountUsage(BaseModel):
+class AccountUsage(Usage):
     """GET /v1/usage: what the calling API key (or 'anonymous', with auth off) has been charged in all."""
 
-    queries: int = Field(description="Candidates scored.")
-    image_evals: int = Field(description="Candidates times images scored.")
-    requests: int = Field(description="Scoring requests charged.")
-    quota: int | None = Field(description="Queries the key may use in all; null for no limit.")
+    quota: int | None = Field(default=None, description="Queries the key may use in all; null for no limit.")
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.quota is None else max(self.quota - self.queries, 0)
 
 
 class LogitsRequest(_Body):
@@ -107,5 +119,19 @@ class LogitsResponse(BaseModel):
     usage: Usage = Field(description="What this request was charged.")
 
 
+ErrorCode = Literal[
+    "invalid_request",  # 422: the detail names the field
+    "unauthorized",  # 401: missing, unknown or revoked API key
+    "not_found",  # 404: no such route or resource
+    "unknown_image_set",  # 404: no such image set for this key (another key's set looks the same)
+    "body_too_large",  # 413
+    "quota_exhausted",  # 429: waiting does not help; the operator must raise the quota
+    "rate_limited",  # 429: retry after Retry-After
+    "idempotency_conflict",  # 422: an Idempotency-Key reused for a different request
+    "unavailable",  # 503: a dependency (the ledger's database) is down; retry after Retry-After
+]
+
+
 class ErrorBody(BaseModel):
-    detail: str
+    detail: str = Field(description="What was wrong, starting with the field it concerns.")
+    code: ErrorCode = Field(description="Machine-readable reason; clients decide on retries by it.")
