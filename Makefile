@@ -11,7 +11,7 @@ BUDGET ?= 3000
 DEMO_SWITCH ?= $(shell echo $$(( $(BUDGET) / 3 )))
 DEMO_OPTS ?= --opt sharpness=es --opt switch_queries=$(DEMO_SWITCH) --opt lr=100 --opt sigma0=3.0
 
-.PHONY: install data test demo pretrain zeroshot bench-server clean help
+.PHONY: install data postgres test demo pretrain zeroshot bench-server clean help
 
 help:
 	@echo "make demo        SharpZO on groceries 16-shot against an embedded stand-in server (installs first)"
@@ -25,7 +25,7 @@ help:
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[server,data,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[server,data,dev,scale]"
 	touch $@
 
 install: $(STAMP)
@@ -42,7 +42,15 @@ $(DATA_STAMP): $(STAMP)
 
 data: $(DATA_STAMP)
 
-test: $(DATA_STAMP)
+# The PostgreSQL ledger tests start their own server from initdb and pg_ctl; as root, Debian's package if missing.
+postgres:
+	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "note: the PostgreSQL ledger tests need PostgreSQL: sudo apt-get install postgresql"; fi; \
+	fi
+
+test: $(DATA_STAMP) postgres
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(DATA_STAMP)

@@ -11,6 +11,8 @@ from PIL import Image
 
 from sharpzo.client.embedded import EmbeddedServer
 
+from .postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
+
 TINY = {"model": "sharpzo-tiny", "pretrained": "none"}
 
 

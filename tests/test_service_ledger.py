@@ -1,9 +1,11 @@
-"""The ledger: charges and idempotent responses survive a stop and a SIGKILL; a retried POST is charged once."""
+"""The ledger, on SQLite and on PostgreSQL: charges and idempotent responses survive a stop and a SIGKILL; a retried
+POST is charged once."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,8 +14,8 @@ import numpy as np
 import pytest
 
 from sharpzo.client.embedded import EmbeddedServer
-from sharpzo.server.ledger import Charge, Ledger, QuotaExceeded
-from sharpzo.shared.protocol import IDEMPOTENCY_HEADER
+from sharpzo.server.ledger import Ledger, QuotaExceeded, open_ledger
+from sharpzo.shared.protocol import IDEMPOTENCY_HEADER, Usage
 from sharpzo.shared.tensors import Tensor
 
 from .conftest import TINY, b64, encoded_image
@@ -22,8 +24,20 @@ KEY = "ledger-key-0123456789abcdef"
 IMAGES = [b64(encoded_image(i)) for i in range(4)]
 
 
-def start(ledger: Path) -> EmbeddedServer:
-    env = {"SHARPZO_AUTH": "on", "SHARPZO_API_KEYS": f"alice:{KEY}:1000", "SHARPZO_LEDGER": str(ledger)}
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_setting(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The ``ledger`` setting of each backend: a SQLite file, or the URL of a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.sqlite3")
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def charge(queries: int, image_evals: int, requests: int) -> Usage:
+    return Usage(queries=queries, image_evals=image_evals, requests=requests)
+
+
+def start(ledger: str) -> EmbeddedServer:
+    env = {"SHARPZO_AUTH": "on", "SHARPZO_API_KEYS": f"alice:{KEY}:1000", "SHARPZO_LEDGER": ledger}
     return EmbeddedServer(**TINY, env=env).start()
 
 
@@ -43,8 +57,8 @@ def usage(http: httpx.Client) -> dict:
     return http.get("/v1/usage").json()
 
 
-def test_ledger_and_idempotency_survive_stop_and_sigkill(tmp_path: Path) -> None:
-    ledger = tmp_path / "ledger.sqlite3"
+def test_ledger_and_idempotency_survive_stop_and_sigkill(ledger_setting: str) -> None:
+    ledger = ledger_setting
     headers = {"Authorization": f"Bearer {KEY}"}
 
     server = start(ledger)
@@ -88,30 +102,30 @@ def test_ledger_and_idempotency_survive_stop_and_sigkill(tmp_path: Path) -> None
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    opened = Ledger(tmp_path / "ledger.sqlite3")
+def ledger(ledger_setting: str) -> Iterator[Ledger]:
+    opened = open_ledger(ledger_setting)
     yield opened
     opened.close()
 
 
 def test_commit_refuses_a_charge_over_quota_and_charges_nothing(ledger: Ledger) -> None:
-    ledger.commit("a", 5, Charge(4, 8, 1), None, "", b"", 60.0)
+    ledger.commit("a", 5, charge(4, 8, 1), None, "", b"", 60.0)
     with pytest.raises(QuotaExceeded):
-        ledger.commit("a", 5, Charge(2, 4, 1), "key", "f", b"{}", 60.0)
+        ledger.commit("a", 5, charge(2, 4, 1), "key", "f", b"{}", 60.0)
     assert ledger.totals("a", 5).queries == 4 and ledger.replayable("a", "key", 60.0) is None
-    assert ledger.commit("a", 5, Charge(1, 2, 1), None, "", b"", 60.0).totals.remaining == 0
+    assert ledger.commit("a", 5, charge(1, 2, 1), None, "", b"", 60.0).totals.remaining == 0
 
 
 def test_commit_under_a_taken_key_returns_the_first_response(ledger: Ledger) -> None:
-    ledger.commit("a", None, Charge(1, 1, 1), "key", "f1", b'{"n": 1}', 60.0)
-    later = ledger.commit("a", None, Charge(1, 1, 1), "key", "f1", b'{"n": 2}', 60.0)
+    ledger.commit("a", None, charge(1, 1, 1), "key", "f1", b'{"n": 1}', 60.0)
+    later = ledger.commit("a", None, charge(1, 1, 1), "key", "f1", b'{"n": 2}', 60.0)
     assert later.earlier is not None and later.earlier.body == b'{"n": 1}' and later.totals.queries == 1
-    assert ledger.commit("b", None, Charge(1, 1, 1), "key", "f1", b"{}", 60.0).earlier is None  # keys are per account
+    assert ledger.commit("b", None, charge(1, 1, 1), "key", "f1", b"{}", 60.0).earlier is None  # keys are per account
 
 
 def test_responses_expire_after_the_window(ledger: Ledger) -> None:
-    ledger.commit("a", None, Charge(1, 1, 1), "key", "f", b"{}", 0.05)
+    ledger.commit("a", None, charge(1, 1, 1), "key", "f", b"{}", 0.05)
     assert ledger.replayable("a", "key", 0.05) is not None
     time.sleep(0.1)
     assert ledger.replayable("a", "key", 0.05) is None
-    assert ledger.commit("a", None, Charge(1, 1, 1), "key", "f", b"{}", 0.05).earlier is None
+    assert ledger.commit("a", None, charge(1, 1, 1), "key", "f", b"{}", 0.05).earlier is None

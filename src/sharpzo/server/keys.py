@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ledger import Ledger, LedgerError, default_ledger_path
+from .ledger import Ledger, LedgerError, LedgerUnavailable, default_ledger_path, open_ledger
 
 ANONYMOUS = "anonymous"
 KEY_PREFIX = "szk_"
@@ -118,7 +118,7 @@ def _list(ledger: Ledger, args: argparse.Namespace) -> int:
 
 def _revoke(ledger: Ledger, args: argparse.Namespace) -> int:
     if not ledger.revoke_key(args.name):
-        print(f"sharpzo keys: no active key named {args.name!r} in {ledger.path}", file=sys.stderr)
+        print(f"sharpzo keys: no active key named {args.name!r} in {ledger.location}", file=sys.stderr)
         return 1
     print(f"Revoked key {args.name!r}; requests with it now get 401.", file=sys.stderr)
     return 0
@@ -126,9 +126,7 @@ def _revoke(ledger: Ledger, args: argparse.Namespace) -> int:
 
 def _usage(ledger: Ledger, args: argparse.Namespace) -> int:
     quota = next((key.quota for key in ledger.keys() if key.name == args.name), None)
-    totals = ledger.totals(args.name, quota)
-    print(json.dumps({"name": args.name, "queries": totals.queries, "image_evals": totals.image_evals,
-                      "requests": totals.requests, "quota": totals.quota}))
+    print(json.dumps({"name": args.name, **ledger.totals(args.name, quota).model_dump()}))
     return 0
 
 
@@ -140,8 +138,9 @@ def _quota(text: str) -> int:
 
 def _ledger_option(parser: argparse.ArgumentParser, default: object) -> None:
     parser.add_argument(
-        "--ledger", type=Path, default=default, metavar="PATH",
-        help=f"the server's ledger database (default: $SHARPZO_LEDGER, else {default_ledger_path()})",
+        "--ledger", default=default, metavar="PATH|URL",
+        help=f"the server's ledger: a SQLite file or a postgresql:// URL (default: $SHARPZO_LEDGER, else "
+        f"{default_ledger_path()})",
     )
 
 
@@ -149,11 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sharpzo keys",
         description="Manage the API keys of a SharpZO inference server. Keys live in the server's ledger "
-        "(a SQLite file, SHARPZO_LEDGER) as sha256 hashes, so a key is shown once, when it is added. "
+        "(SHARPZO_LEDGER: a SQLite file, or a PostgreSQL database shared by replicas) as sha256 hashes, so a key is shown once, when it is added. "
         "Changes take effect on a running server at once. Keys can also be given to the server in "
         "SHARPZO_API_KEYS='name:key:quota,...' or a file named by SHARPZO_API_KEYS_FILE; those are not listed here.",
     )
-    _ledger_option(parser, Path(os.environ.get("SHARPZO_LEDGER") or default_ledger_path()))
+    _ledger_option(parser, os.environ.get("SHARPZO_LEDGER") or str(default_ledger_path()))
     # SUPPRESS: --ledger after the command overrides the one before it only when it is given
     common = argparse.ArgumentParser(add_help=False)
     _ledger_option(common, argparse.SUPPRESS)
@@ -178,13 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        ledger = Ledger(args.ledger)
+        ledger = open_ledger(args.ledger)
     except LedgerError as exc:
         print(f"sharpzo keys: {exc}", file=sys.stderr)
         return 1
     try:
         return int(args.run(ledger, args))
-    except ValueError as exc:
+    except (ValueError, LedgerUnavailable) as exc:
         print(f"sharpzo keys: {exc}", file=sys.stderr)
         return 1
     finally:
