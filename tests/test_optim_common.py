@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import sharpzo.client.optim as optim_package
-from sharpzo.client.optim import OPTIMIZERS, Evaluation, Optimizer, make_optimizer
+from sharpzo.client.optim import OPTIMIZERS, Evaluation, Optimizer, build_optimizer
 
 from .test_optim_support import Objective, Quadratic, evaluate, rosenbrock, run, run_rounds
 
@@ -48,7 +48,7 @@ ROSENBROCK_SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
 def final_loss(
     name: str, options: dict[str, Any], dim: int, objective: Objective, truth: Objective, seed: int
 ) -> float:
-    optimizer = make_optimizer(name, dim, seed=seed, **options)
+    optimizer = build_optimizer(name, dim, seed=seed, **options)
     run(optimizer, objective, BUDGET)
     assert BUDGET - 100 < optimizer.queries <= BUDGET
     return float(truth(optimizer.solution[None])[0])
@@ -105,9 +105,9 @@ def trajectory(optimizer: Optimizer, rounds: int, resume_at: int | None) -> tupl
 def test_pickle_resume_is_bit_exact(setup: str) -> None:
     name, options = RESUME_SETUPS[setup]
     rounds = 40
-    straight, end = trajectory(make_optimizer(name, 5, seed=3, **options), rounds, None)
+    straight, end = trajectory(build_optimizer(name, 5, seed=3, **options), rounds, None)
     for resume_at in (7, rounds // 2):
-        resumed, end_resumed = trajectory(make_optimizer(name, 5, seed=3, **options), rounds, resume_at)
+        resumed, end_resumed = trajectory(build_optimizer(name, 5, seed=3, **options), rounds, resume_at)
         assert all(np.array_equal(a, b) for a, b in zip(straight, resumed, strict=True))
         assert np.array_equal(end.solution, end_resumed.solution)
         assert end.info() == end_resumed.info()
@@ -117,18 +117,18 @@ def test_pickle_resume_is_bit_exact(setup: str) -> None:
 def test_cma_sampling_leaves_the_global_numpy_rng_alone() -> None:
     np.random.seed(123)
     state = np.random.get_state()[1].copy()
-    first = run_rounds(make_optimizer("bbt", 4, seed=9), Quadratic(4), 3)
+    first = run_rounds(build_optimizer("bbt", 4, seed=9), Quadratic(4), 3)
     assert np.array_equal(np.random.get_state()[1], state)
     np.random.seed(456)
-    second = run_rounds(make_optimizer("bbt", 4, seed=9), Quadratic(4), 3)
+    second = run_rounds(build_optimizer("bbt", 4, seed=9), Quadratic(4), 3)
     assert all(np.array_equal(a.points, b.points) for a, b in zip(first, second, strict=True))
-    third = run_rounds(make_optimizer("bbt", 4, seed=10), Quadratic(4), 1)
+    third = run_rounds(build_optimizer("bbt", 4, seed=10), Quadratic(4), 1)
     assert not np.array_equal(first[0].points, third[0].points)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_ask_is_idempotent_until_tell(name: str) -> None:
-    optimizer = make_optimizer(name, 4, seed=0)
+    optimizer = build_optimizer(name, 4, seed=0)
     quadratic = Quadratic(4)
     for _ in range(3):
         first = optimizer.ask()
@@ -140,7 +140,7 @@ def test_ask_is_idempotent_until_tell(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_tell_checks_the_pending_ask(name: str) -> None:
-    optimizer = make_optimizer(name, 4, seed=0)
+    optimizer = build_optimizer(name, 4, seed=0)
     with pytest.raises(RuntimeError, match="without a pending ask"):
         optimizer.tell(Evaluation(np.zeros(2), np.zeros(2)))
     n = len(optimizer.ask().points)
@@ -150,7 +150,7 @@ def test_tell_checks_the_pending_ask(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_info_is_small_and_loggable(name: str) -> None:
-    optimizer = make_optimizer(name, 4, seed=0)
+    optimizer = build_optimizer(name, 4, seed=0)
     run_rounds(optimizer, Quadratic(4), 3)
     info = optimizer.info()
     assert info["stage"] == optimizer.stage and info["iteration"] == optimizer.iteration
@@ -161,16 +161,16 @@ def test_info_is_small_and_loggable(name: str) -> None:
 
 def test_unknown_option_names_the_option() -> None:
     with pytest.raises(ValueError, match=r"unknown option\(s\) for sharpzo: 'populationsize'"):
-        make_optimizer("sharpzo", 4, populationsize=10)
+        build_optimizer("sharpzo", 4, populationsize=10)
 
 
 def test_unknown_optimiser_and_bad_choice_are_clear() -> None:
     with pytest.raises(ValueError, match="unknown optimiser 'adam'"):
-        make_optimizer("adam", 4)
+        build_optimizer("adam", 4)
     with pytest.raises(ValueError, match=r"mask_keep='middle': choose one of \['lowest', 'highest'\]"):
-        make_optimizer("sharpzo", 4, mask_keep="middle")
+        build_optimizer("sharpzo", 4, mask_keep="middle")
     with pytest.raises(ValueError, match="mask_fraction"):
-        make_optimizer("sharpzo", 4, mask_fraction=0.0)
+        build_optimizer("sharpzo", 4, mask_fraction=0.0)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -183,12 +183,12 @@ def test_every_option_has_a_default_and_help(name: str) -> None:
 
 def test_registry_and_paper_defaults() -> None:
     assert set(OPTIMIZERS) == {"sharpzo", "bbt", "zo-sgd", "spsa-gc"}
-    config = make_optimizer("sharpzo", 4).config
+    config = build_optimizer("sharpzo", 4).config
     paper = {"popsize": 40, "rho": 0.1, "sharpness_mu": 1e-3, "rge_mu": 1e-3, "mask_mu": 1e-5, "mask_interval": 200}
     paper |= {"mask_fraction": 0.5, "patience": 10, "min_delta": 0.01}
     assert {key: getattr(config, key) for key in paper} == paper
     assert config.sharpness == "es"  # the query-efficient variant, chosen on validation; "cge" is the paper's
-    assert make_optimizer("spsa-gc", 4).config.pairs == 5
+    assert build_optimizer("spsa-gc", 4).config.pairs == 5
 
 
 def test_import_does_not_pull_in_torch() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sharpzo.client.optim import Ask, Evaluation, SharpZO, make_optimizer
+from sharpzo.client.optim import Ask, Evaluation, SharpZO, build_optimizer
 
 from .test_optim_support import Quadratic, evaluate, run_rounds
 
@@ -16,7 +16,7 @@ D, S = 6, 8
 
 def sharpzo(**options: Any) -> SharpZO:
     """The paper's version (CGE sharpness and masks) unless a test asks for another."""
-    optimizer = make_optimizer("sharpzo", D, seed=0, **{"popsize": S, "sharpness": "cge", **options})
+    optimizer = build_optimizer("sharpzo", D, seed=0, **{"popsize": S, "sharpness": "cge", **options})
     assert isinstance(optimizer, SharpZO)
     return optimizer
 
@@ -160,7 +160,7 @@ def test_auto_switch_with_cge_asks_val_after_each_population() -> None:
 
 
 def test_a_mask_refresh_that_does_not_fit_gives_way_to_steps() -> None:
-    opt = make_optimizer(
+    opt = build_optimizer(
         "sharpzo", 6, seed=0, popsize=4, switch_iterations=0, switch_queries=None, mask_interval=3, sharpness="cge"
     )
     assert len(opt.ask().points) == 12  # the first mask: 2d coordinate probes
@@ -170,4 +170,4 @@ def test_a_mask_refresh_that_does_not_fit_gives_way_to_steps() -> None:
         opt.tell(Evaluation(np.ones(2), np.zeros(2)))
     assert len(opt.ask().points) == 12 and opt.decline()  # every K = 3 steps a refresh is due again
     assert len(opt.ask().points) == 2 and opt.stage2_steps == 3
-    assert not make_optimizer("zo-sgd", 6).decline()
+    assert not build_optimizer("zo-sgd", 6).decline()

@@ -1,4 +1,4 @@
-"""Shared helpers for the optimiser tests: objectives and the caller's ask/evaluate/tell loop."""
+"""Shared helpers for the optimiser tests: objectives, and runs through ``Optimizer.optimize``."""
 
 from __future__ import annotations
 
@@ -40,21 +40,14 @@ def evaluate(objective: Objective, ask: Ask) -> Evaluation:
 
 
 def run(optimizer: Optimizer, objective: Objective, budget: int) -> list[Ask]:
-    """The caller's loop: stop before the first ask that does not fit the budget. Returns the asks told."""
+    """``optimize`` within ``budget`` queries; returns the asks told."""
     told: list[Ask] = []
-    used = 0
-    while used + len(optimizer.ask().points) <= budget:
-        ask = optimizer.ask()
-        optimizer.tell(evaluate(objective, ask))
-        used += len(ask.points)
-        told.append(ask)
+    optimizer.optimize(lambda ask: evaluate(objective, ask), budget, callback=lambda ask, _: told.append(ask))
     return told
 
 
 def run_rounds(optimizer: Optimizer, objective: Objective, rounds: int) -> list[Ask]:
-    told = []
-    for _ in range(rounds):
-        ask = optimizer.ask()
-        optimizer.tell(evaluate(objective, ask))
-        told.append(ask)
+    """``optimize`` for ``rounds`` ask/tell rounds, with no budget; returns the asks told."""
+    told: list[Ask] = []
+    optimizer.optimize(lambda ask: evaluate(objective, ask), rounds=rounds, callback=lambda ask, _: told.append(ask))
     return told

@@ -1,8 +1,10 @@
 """SharpZO client: black-box prompt tuning of a hosted CLIP through its API alone (no torch)."""
 
-from .api import ApiClient, ApiError, Budget, BudgetExhausted, UsageMismatch
 from sharpzo.data.user_data import InMemoryData
-from .runner import tune, tune_async
-from .tune import TuneResult, TuneSettings
 
-__all__ = ["ApiClient", "ApiError", "Budget", "BudgetExhausted", "InMemoryData", "TuneResult", "TuneSettings", "UsageMismatch", "tune", "tune_async"]
+from .api import ApiClient, ApiRequestError, UsageMismatch
+from .runner import tune, tune_async
+from .settings import TuneSettings
+from .tune import TuneResult
+
+__all__ = ["ApiClient", "ApiRequestError", "InMemoryData", "TuneResult", "TuneSettings", "UsageMismatch", "tune", "tune_async"]

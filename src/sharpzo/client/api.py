@@ -1,9 +1,11 @@
-"""The async HTTP client of the inference API, and the query budget it enforces.
+"""The async HTTP client of the inference API, and the check of what the server charged.
 
-One ``httpx.AsyncClient`` (one connection pool) per ``ApiClient``. A population is split
-into requests of at most the server's ``max_candidates`` that run concurrently; every
-POST carries an Idempotency-Key that stays the same across its retries, so a server that
-deduplicates charges a retried request once.
+One ``httpx.AsyncClient`` (one connection pool) and one concurrency gate per ``ApiClient``.
+A population is split into requests of at most the server's ``max_candidates`` that run
+concurrently; every POST carries an Idempotency-Key that stays the same across its retries,
+so a server that deduplicates charges a retried request once. Whether to retry is decided
+by the error body's machine-readable ``code``. The query budget is not kept here: the
+optimiser's loop checks it (``Optimizer.optimize``).
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ import asyncio
 import base64
 import random
 import uuid
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
+from pydantic import BaseModel
 
 from sharpzo.shared.protocol import (
     API_PREFIX,
     IDEMPOTENCY_HEADER,
+    AccountUsage,
+    ErrorCode,
     ImageSetConcatRequest,
     ImageSetInfo,
     ImageSetRequest,
@@ -29,68 +34,41 @@ from sharpzo.shared.protocol import (
     ModelInfo,
     TokenEmbeddingsRequest,
     TokenEmbeddingsResponse,
+    Usage,
 )
 from sharpzo.shared.tensors import Tensor
 
-Charge = Literal["budget", "monitor"]
-_RETRY_STATUS = {429, 500, 502, 503, 504}
+# Waiting helps these; an exhausted quota (and every other 4xx) does not refill by waiting.
+RETRIED_CODES: frozenset[ErrorCode] = frozenset({"rate_limited", "unavailable"})
+_JSON = {"Content-Type": "application/json"}
 
 
-class ApiError(RuntimeError):
-    """The server refused a request (4xx) or kept failing after every retry."""
+class ApiRequestError(RuntimeError):
+    """The server refused a request (4xx), or it kept failing after every retry (``status`` None)."""
 
-    def __init__(self, status: int | None, detail: str) -> None:
+    def __init__(self, status: int | None, detail: str, code: str | None = None) -> None:
         super().__init__(f"HTTP {status}: {detail}" if status else detail)
         self.status = status
         self.detail = detail
-
-
-class BudgetExhausted(RuntimeError):
-    """The next batch of queries does not fit in what is left of the budget; nothing was sent."""
+        self.code = code
 
 
 class UsageMismatch(RuntimeError):
-    """The server charged something other than what the client counted."""
+    """The server charged something other than what the client sent."""
 
 
-@dataclass
-class Budget:
-    """Queries, image-evals and requests spent. ``max_queries`` caps the ``budget`` line only.
+def should_retry(status: int, code: str | None) -> bool:
+    """Retry by the error's ``code``; a body without one (an older server, a proxy) is judged by status alone."""
+    if code is not None and status < 500:
+        return code in RETRIED_CODES
+    return status >= 500 or status == 429
 
-    ``monitor_queries`` are evaluations made for reporting (test-accuracy curves), not by the
-    method; the server charges them too, so ``total_queries`` is what it should report.
-    """
 
-    max_queries: int | None = None
-    queries: int = 0
-    monitor_queries: int = 0
-    image_evals: int = 0
-    requests: int = 0
-
-    @property
-    def remaining(self) -> int | None:
-        return None if self.max_queries is None else self.max_queries - self.queries
-
-    @property
-    def total_queries(self) -> int:
-        return self.queries + self.monitor_queries
-
-    def check(self, n: int) -> None:
-        if self.max_queries is not None and self.queries + n > self.max_queries:
-            raise BudgetExhausted(
-                f"{n} more queries would exceed the budget: {self.queries} of {self.max_queries} used"
-            )
-
-    def record(self, charge: Charge, queries: int, image_evals: int) -> None:
-        if charge == "budget":
-            self.queries += queries
-        else:
-            self.monitor_queries += queries
-        self.image_evals += image_evals
-        self.requests += 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "total_queries": self.total_queries}
+def check_usage(charged: Usage, candidates: int, images: int | None) -> None:
+    """One request of ``candidates`` prompts on ``images`` images (None: not known here) must cost exactly that."""
+    expected = Usage(queries=candidates, image_evals=charged.image_evals if images is None else candidates * images, requests=1)
+    if charged != expected:
+        raise UsageMismatch(f"the server charged {charged!r} for a request the client counts as {expected!r}")
 
 
 @dataclass(frozen=True)
@@ -101,13 +79,12 @@ class Scored:
 
 
 class ApiClient:
-    """``async with ApiClient(url, api_key=...) as api: ...``"""
+    """``async with ApiClient(url, api_key=...) as api: ...``; at most ``concurrency`` requests in flight."""
 
     def __init__(
         self,
         base_url: str,
         api_key: str | None = None,
-        budget: Budget | None = None,
         timeout: float = 300.0,
         concurrency: int = 4,
         retries: int = 6,
@@ -123,8 +100,8 @@ class ApiClient:
             limits=httpx.Limits(max_connections=max(concurrency, 1) + 2),
         )
         self.base_url = base_url.rstrip("/")
-        self.budget = budget or Budget()
         self.concurrency = concurrency
+        self._gate = asyncio.Semaphore(max(concurrency, 1))
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -141,59 +118,63 @@ class ApiClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    async def _send(self, method: str, path: str, body: BaseModel | None = None) -> httpx.Response:
+        # The body is serialised once, here, and sent as it is on every retry.
+        content = None if body is None else body.model_dump_json().encode()
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex} if method == "POST" else {}
+        if content is not None:
+            headers.update(_JSON)
         last: str = ""
         for attempt in range(self.retries + 1):
             try:
-                response = await self._http.request(method, f"{API_PREFIX}{path}", json=body, headers=headers)
+                async with self._gate:
+                    response = await self._http.request(method, f"{API_PREFIX}{path}", content=content, headers=headers)
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 delay = None
             else:
                 if response.status_code < 400:
                     return response
-                detail = _detail(response)
-                # an exhausted quota does not refill by waiting; a rate limit does
-                if response.status_code not in _RETRY_STATUS or detail.startswith("quota"):
-                    raise ApiError(response.status_code, detail)
+                detail, code = _error(response)
+                if not should_retry(response.status_code, code):
+                    raise ApiRequestError(response.status_code, detail, code)
                 last = f"HTTP {response.status_code}: {detail}"
                 delay = _retry_after(response)
             if attempt == self.retries:
                 break
             wait = min(self.max_backoff, self.backoff * 2**attempt)
             await asyncio.sleep(delay if delay is not None else wait * (0.5 + self._jitter.random()))
-        raise ApiError(None, f"{method} {path} failed after {self.retries + 1} attempts; last error: {last}")
+        raise ApiRequestError(None, f"{method} {path} failed after {self.retries + 1} attempts; last error: {last}")
 
     async def model_info(self) -> ModelInfo:
         if self._model is None:
-            self._model = ModelInfo.model_validate((await self._send("GET", "/model")).json())
+            self._model = ModelInfo.model_validate_json((await self._send("GET", "/model")).content)
         return self._model
 
     async def token_embeddings(self, text: str) -> np.ndarray:
-        body = TokenEmbeddingsRequest(text=text).model_dump()
-        response = TokenEmbeddingsResponse.model_validate((await self._send("POST", "/token-embeddings", body)).json())
-        return response.embeddings.to_numpy()
+        response = await self._send("POST", "/token-embeddings", TokenEmbeddingsRequest(text=text))
+        return TokenEmbeddingsResponse.model_validate_json(response.content).embeddings.to_numpy()
 
     async def create_image_set(self, images: list[bytes], augment: bool = False, seed: int = 0) -> ImageSetInfo:
         encoded = [base64.b64encode(b).decode("ascii") for b in images]
-        body = ImageSetRequest(images=encoded, augment=augment, seed=seed).model_dump()
-        return ImageSetInfo.model_validate((await self._send("POST", "/image-sets", body)).json())
+        response = await self._send("POST", "/image-sets", ImageSetRequest(images=encoded, augment=augment, seed=seed))
+        return ImageSetInfo.model_validate_json(response.content)
 
     async def concat_image_sets(self, parts: list[str]) -> ImageSetInfo:
-        body = ImageSetConcatRequest(parts=parts).model_dump()
-        return ImageSetInfo.model_validate((await self._send("POST", "/image-sets/concat", body)).json())
+        response = await self._send("POST", "/image-sets/concat", ImageSetConcatRequest(parts=parts))
+        return ImageSetInfo.model_validate_json(response.content)
 
     async def image_set(self, set_id: str) -> ImageSetInfo | None:
         try:
-            return ImageSetInfo.model_validate((await self._send("GET", f"/image-sets/{set_id}")).json())
-        except ApiError as exc:
+            return ImageSetInfo.model_validate_json((await self._send("GET", f"/image-sets/{set_id}")).content)
+        except ApiRequestError as exc:
             if exc.status == 404:
                 return None
             raise
 
-    async def usage(self) -> dict[str, Any]:
-        return (await self._send("GET", "/usage")).json()
+    async def usage(self) -> AccountUsage:
+        """What the calling key has been charged in all, and its quota."""
+        return AccountUsage.model_validate_json((await self._send("GET", "/usage")).content)
 
     async def score(
         self,
@@ -203,16 +184,18 @@ class ApiClient:
         labels: np.ndarray | None = None,
         indices: list[int] | None = None,
         n_images: int | None = None,
-        charge: Charge = "budget",
         return_logits: bool = False,
+        on_charge: Callable[[Usage], None] | None = None,
     ) -> Scored:
-        """Score P prompts [P, m, width]; the whole population is checked against the budget first."""
+        """Score P prompts [P, m, width] in requests of at most the server's ``max_candidates``.
+
+        Each response's usage is checked against its request and then passed to ``on_charge``,
+        as it arrives, so a population that fails part-way still reports what was charged.
+        """
         n_cand = int(prompts.shape[0])
-        if charge == "budget":
-            self.budget.check(n_cand)
         limit = self.request_candidates or (await self.model_info()).limits.max_candidates
-        gate = asyncio.Semaphore(self.concurrency)
         n_img = len(indices) if indices is not None else (len(labels) if labels is not None else n_images)
+        label_list = None if labels is None else [int(y) for y in labels]
 
         async def one(chunk: np.ndarray) -> LogitsResponse:
             body = LogitsRequest(
@@ -220,16 +203,13 @@ class ApiClient:
                 class_names=class_names,
                 prompts=Tensor.from_numpy(chunk),
                 indices=indices,
-                labels=None if labels is None else [int(y) for y in labels],
+                labels=label_list,
                 return_logits=return_logits or labels is None,
-            ).model_dump()
-            async with gate:
-                response = LogitsResponse.model_validate((await self._send("POST", "/logits", body)).json())
-            expected = (len(chunk), None if n_img is None else len(chunk) * n_img, 1)
-            got = (response.usage.queries, response.usage.image_evals, response.usage.requests)
-            if got[0] != expected[0] or got[2] != 1 or (expected[1] is not None and got[1] != expected[1]):
-                raise UsageMismatch(f"the server charged {response.usage} for a request the client counts as {expected}")
-            self.budget.record(charge, response.usage.queries, response.usage.image_evals)
+            )
+            response = LogitsResponse.model_validate_json((await self._send("POST", "/logits", body)).content)
+            check_usage(response.usage, len(chunk), n_img)
+            if on_charge is not None:
+                on_charge(response.usage)
             return response
 
         chunks = [prompts[i : i + limit] for i in range(0, n_cand, limit)]
@@ -241,12 +221,17 @@ class ApiClient:
         )
 
 
-def _detail(response: httpx.Response) -> str:
+def _error(response: httpx.Response) -> tuple[str, str | None]:
+    """The error body's ``detail`` and ``code`` (None when the body has none, as from an older server)."""
     try:
-        detail = response.json().get("detail")
-        return str(detail) if detail is not None else response.text[:500]
+        body = response.json()
     except ValueError:
-        return response.text[:500]
+        return response.text[:500], None
+    if not isinstance(body, dict):
+        return response.text[:500], None
+    detail = body.get("detail")
+    code = body.get("code")
+    return (str(detail) if detail is not None else response.text[:500]), (code if isinstance(code, str) else None)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

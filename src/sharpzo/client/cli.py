@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import signal
@@ -16,49 +15,14 @@ from rich.console import Console
 from rich.table import Table
 
 from sharpzo.data.catalog import DATASETS
-from .optim import OPTIMIZERS
-from .prompt import DEFAULT_ALPHA
+
+from .flags import add_setting_flags, optimizer_help, preset_help, settings_from_args
+from .settings import presets
 
 console = Console()
 
 
-def _option_help() -> str:
-    lines = ["optimiser options (--opt NAME=VALUE, repeatable):"]
-    for name, cls in OPTIMIZERS.items():
-        lines.append(f"  {name}:")
-        for f in dataclasses.fields(cls.config_type):
-            default = f.default if f.default is not dataclasses.MISSING else "?"
-            lines.append(f"    {f.name} (default {default!r}): {f.metadata.get('help', '')}")
-    return "\n".join(lines)
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--opt {text!r}: expected NAME=VALUE")
-    name, raw = text.split("=", 1)
-    lowered = raw.strip().lower()
-    if lowered in ("none", "null"):
-        return name.strip(), None
-    if lowered in ("true", "false"):
-        return name.strip(), lowered == "true"
-    for cast in (int, float):
-        try:
-            return name.strip(), cast(raw)
-        except ValueError:
-            pass
-    return name.strip(), raw
-
-
-def _add_server_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--server", default=os.environ.get("SHARPZO_SERVER"),
-        help="URL of a SharpZO server (env SHARPZO_SERVER). Without it, an embedded server with the stand-in "
-        "model starts on loopback for this command.",
-    )
-    parser.add_argument("--api-key", default=os.environ.get("SHARPZO_API_KEY"), help="API key (env SHARPZO_API_KEY)")
-
-
-def _add_data_args(parser: argparse.ArgumentParser, own_data: bool = False) -> None:
+def _add_source_args(parser: argparse.ArgumentParser, own_data: bool = False) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", choices=DATASETS, help="a built-in dataset (leak-free few-shot protocol)")
     if own_data:
@@ -67,14 +31,6 @@ def _add_data_args(parser: argparse.ArgumentParser, own_data: bool = False) -> N
             help="your own images: a folder with one sub-folder per class, or a CSV file with a 'path,label' header "
             "(paths relative to the CSV's folder)",
         )
-        parser.add_argument(
-            "--test-data", type=Path, metavar="PATH",
-            help="test images in the same forms as --data; by default a seeded part of what the k-shot draw leaves",
-        )
-        parser.add_argument("--allow-fewer", action="store_true",
-                            help="let classes with fewer than --shots images train on all they have")
-    parser.add_argument("--shots", type=int, default=16, help="images per class in the training set (default 16)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw, projection and optimiser")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,32 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tune a soft text prompt for a labelled image set through the server's API alone. "
         "Writes a run directory with config.json, log.jsonl (one line per iteration), checkpoint.pkl, "
         "prompt.npz, result.json and accuracy.png.",
-        epilog=_option_help(),
+        epilog=f"{preset_help()}\n\n{optimizer_help()}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_server_args(tune)
-    _add_data_args(tune, own_data=True)
-    tune.add_argument("--method", choices=sorted(OPTIMIZERS), default="sharpzo", help="optimiser (default sharpzo)")
-    tune.add_argument("--budget", type=int, default=8000, help="most queries the method may spend (default 8000)")
-    tune.add_argument("--out", type=Path, help="run directory (default runs/<data>-<method>-s<seed>)")
-    tune.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    tune.add_argument("--dim", type=int, default=512, help="dimension d of the tuned vector w (default 512)")
-    tune.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                      help=f"projection scale in token-embedding spreads per unit of w (default {DEFAULT_ALPHA})")
-    tune.add_argument("--eval-every", type=int, default=1000,
-                      help="queries between test/validation evaluations of the current prompt (default 1000; "
-                      "these are charged by the server but not against --budget)")
-    tune.add_argument("--augment", action="store_true", help="encode training images with one random augmented view")
-    tune.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
-    tune.add_argument("--opt", action="append", type=_parse_option, default=[], metavar="NAME=VALUE",
-                      help="an optimiser option (see below)")
-    tune.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_source_args(tune, own_data=True)
+    tune.add_argument("--preset", choices=sorted(presets()), help="start from a named set of options (see below)")
+    add_setting_flags(tune)
 
     evaluate = sub.add_parser("eval", help="test accuracy of a tuned prompt (or zero-shot)",
                               description="Evaluate a prompt.npz from a run (or zero-shot with no --prompt) on a "
                               "dataset's held-out evaluation set.")
-    _add_server_args(evaluate)
-    _add_data_args(evaluate)
+    _add_source_args(evaluate)
+    add_setting_flags(evaluate, ("shots", "seed", "server", "api_key"))
     evaluate.add_argument("--prompt", type=Path, help="prompt.npz written by `sharpzo tune`; omit for zero-shot")
 
     plot = sub.add_parser("plot", help="plot test accuracy against queries for run directories")
@@ -148,15 +90,9 @@ def _print_result(result: Any) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from .plot import plot_runs
-    from .runner import tune
+    from .runner import run_tune
 
-    result = tune(
-        args.dataset or args.data, test_data=args.test_data, allow_fewer=args.allow_fewer, server=args.server,
-        api_key=args.api_key, method=args.method, budget=args.budget,
-        shots=args.shots, seed=args.seed, out=args.out, resume=args.resume, progress=not args.no_progress,
-        dim=args.dim, alpha=args.alpha, eval_every=args.eval_every, augment=args.augment,
-        concurrency=args.concurrency, options=dict(args.opt),
-    )
+    result = asyncio.run(run_tune(args.dataset or args.data, settings_from_args(args)))
     plot_runs([result.run_dir], result.run_dir / "accuracy.png")
     _print_result(result)
     console.print(f"tuned prompt: {result.run_dir / 'prompt.npz'}; curve: {result.run_dir / 'accuracy.png'}")
@@ -165,8 +101,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_prompt
 
+    settings = settings_from_args(args)
     accuracy = asyncio.run(
-        evaluate_prompt(args.dataset, args.prompt, args.server, args.api_key, args.shots, args.seed)
+        evaluate_prompt(args.dataset, args.prompt, settings.server, settings.api_key, settings.shots, settings.seed)
     )
     print(json.dumps(accuracy))
 

@@ -29,7 +29,7 @@ async def evaluate_prompt(
         cache = ImageSetCache()
         for split in ("val", "test"):
             remote = await upload_split(api, getattr(task, split), cache=cache)
-            scored = await api.score(remote.set_id, task.class_names, ctx[None], labels=remote.labels, charge="monitor")
+            scored = await api.score(remote.set_id, task.class_names, ctx[None], labels=remote.labels)
             out[f"{split}_accuracy"] = float(scored.accuracy[0])
             out[f"{split}_loss"] = float(scored.loss[0])
         return out

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .api import Budget
+from .settings import TuneSettings
 
 
 class TuneProgress:
-    def __init__(self, settings: Any, enabled: bool = True) -> None:
+    def __init__(self, settings: TuneSettings, enabled: bool = True) -> None:
         self.enabled = enabled
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -39,10 +37,10 @@ class TuneProgress:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._progress.stop()
 
-    def update(self, budget: Budget, stage: str, loss: float | None, acc: float | None, best_val: float) -> None:
+    def update(self, queries: int, stage: str, loss: float | None, acc: float | None, best_val: float) -> None:
         self._progress.update(
             self._task,
-            completed=budget.queries,
+            completed=queries,
             stage=stage,
             loss="-" if loss is None else f"{loss:.3f}",
             acc="-" if acc is None else f"{acc:.1%}",

@@ -1,8 +1,14 @@
-"""The Python API: ``tune`` (sync) and ``tune_async`` against a remote or an embedded server."""
+"""The Python API: ``tune`` (sync) and ``tune_async`` against a remote or an embedded server.
+
+Their keyword arguments are the fields of ``TuneSettings`` (declared there once) plus
+``preset``; the signatures and the docstring's list are generated from those fields.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,9 +16,9 @@ from typing import Any
 
 from .api import ApiClient
 from .embedded import EmbeddedServer
-from .prompt import DEFAULT_ALPHA
-from .tasks import Data, OwnData, resolve_task
-from .tune import Tuner, TuneResult, TuneSettings
+from .settings import TuneSettings
+from .tasks import Data, resolve_task
+from .tune import Tuner, TuneResult
 
 
 @asynccontextmanager
@@ -27,43 +33,53 @@ async def connect(server: str | None, api_key: str | None = None, concurrency: i
             embedded.stop()
 
 
-async def tune_async(
-    data: Data,
-    *,
-    test_data: OwnData | None = None,
-    allow_fewer: bool = False,
-    server: str | None = None,
-    api_key: str | None = None,
-    method: str = "sharpzo",
-    budget: int = 8000,
-    shots: int = 16,
-    seed: int = 0,
-    out: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    dim: int = 512,
-    alpha: float = DEFAULT_ALPHA,
-    eval_every: int = 1000,
-    augment: bool = False,
-    concurrency: int = 4,
-    options: dict[str, Any] | None = None,
-) -> TuneResult:
-    """Tune a prompt for ``data`` with ``method`` within ``budget`` queries.
-
-    ``data`` is a built-in dataset name, a FewShotTask, or your own images: a folder with one
-    sub-folder per class or a ``path,label`` CSV file (str or Path; a str naming a built-in
-    dataset means the dataset), an InMemoryData or a tuple ``(images, labels, class_names)``.
-    ``test_data`` (same forms) replaces the test set held out from ``data``; ``allow_fewer``
-    lets classes with fewer than ``shots`` images train on what they have. Without ``server``,
-    an embedded server with the stand-in model starts on loopback for the duration of the run.
-    """
-    task = resolve_task(data, shots, seed, test_data, allow_fewer)
-    settings = TuneSettings(method, budget, seed, dim, alpha, eval_every=eval_every, augment=augment, options=dict(options or {}))
-    run_dir = Path(out) if out is not None else Path("runs") / f"{task.name}-{method}-s{seed}"
-    async with connect(server, api_key, concurrency) as api:
-        return await Tuner(api, task, settings, run_dir, show_progress=progress).run(resume=resume)
+async def tune_async(data: Data, *, preset: str | None = None, **options: Any) -> TuneResult:
+    return await run_tune(data, TuneSettings.build(preset, **options))
 
 
-def tune(data: Data, **kwargs: Any) -> TuneResult:
-    """Synchronous ``tune_async``; same arguments."""
-    return asyncio.run(tune_async(data, **kwargs))
+async def run_tune(data: Data, settings: TuneSettings) -> TuneResult:
+    """One tuning run of ``data`` with ready ``settings``."""
+    task = resolve_task(data, settings.shots, settings.seed, settings.test_data, settings.allow_fewer)
+    run_dir = settings.out if settings.out is not None else Path("runs") / f"{task.name}-{settings.method}-s{settings.seed}"
+    async with connect(settings.server, settings.api_key, settings.concurrency) as api:
+        return await Tuner(api, task, settings, Path(run_dir), show_progress=settings.progress).run(resume=settings.resume)
+
+
+def tune(data: Data, *, preset: str | None = None, **options: Any) -> TuneResult:
+    return asyncio.run(tune_async(data, preset=preset, **options))
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def _signature(returns: Any) -> inspect.Signature:
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    fields = [
+        inspect.Parameter(f.name, keyword, default=_default(f), annotation=f.type) for f in dataclasses.fields(TuneSettings)
+    ]
+    return inspect.Signature(
+        [inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Data"),
+         inspect.Parameter("preset", keyword, default=None, annotation="str | None"), *fields],
+        return_annotation=returns,
+    )
+
+
+def _docstring(summary: str) -> str:
+    options = "\n".join(f"    {f.name}: {f.metadata['help']}" for f in dataclasses.fields(TuneSettings))
+    return f"""{summary}
+
+``data`` is a built-in dataset name, a FewShotTask, or your own images: a folder with one
+sub-folder per class or a ``path,label`` CSV file (str or Path; a str naming a built-in
+dataset means the dataset), an InMemoryData or a tuple ``(images, labels, class_names)``.
+``preset`` names a set of options in ``presets.json``; the options given here override it.
+
+Options (``TuneSettings``; unknown names raise ValueError):
+{options}
+"""
+
+
+tune_async.__signature__ = _signature("TuneResult")  # type: ignore[attr-defined]
+tune.__signature__ = _signature("TuneResult")  # type: ignore[attr-defined]
+tune_async.__doc__ = _docstring("Tune a prompt for ``data`` within ``budget`` queries, in a running event loop.")
+tune.__doc__ = _docstring("Tune a prompt for ``data`` within ``budget`` queries (``tune_async`` for asyncio code).")

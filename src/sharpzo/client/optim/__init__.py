@@ -1,6 +1,6 @@
 """Client-side black-box optimisers over the prompt vector w, driven by ask/tell.
 
-``make_optimizer(name, dim, seed, **options)`` builds one from ``OPTIMIZERS``; each
+``build_optimizer(name, dim, seed, **options)`` builds one from ``OPTIMIZERS``; each
 optimiser's options are the fields of its ``config_type`` dataclass (help text in
 ``field.metadata["help"]``).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Ask, Evaluation, Optimizer
+from .base import Ask, EvalSplit, Evaluation, Optimizer
 from .bbt import BBT, BBTConfig
 from .config import OptimizerConfig
 from .sharpzo import SharpZO, SharpZOConfig
@@ -19,7 +19,7 @@ from .zo_sgd import ZOSGD, ZOSGDConfig
 OPTIMIZERS: dict[str, type[Optimizer[Any]]] = {cls.name: cls for cls in (SharpZO, BBT, ZOSGD, SPSAGC)}
 
 
-def make_optimizer(name: str, dim: int, seed: int = 0, **options: Any) -> Optimizer[Any]:
+def build_optimizer(name: str, dim: int, seed: int = 0, **options: Any) -> Optimizer[Any]:
     """Build optimiser ``name`` for a ``dim``-dimensional w; unknown names or options raise ValueError."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimiser {name!r}; choose one of {sorted(OPTIMIZERS)}")
@@ -34,6 +34,7 @@ __all__ = [
     "ZOSGD",
     "Ask",
     "BBTConfig",
+    "EvalSplit",
     "Evaluation",
     "Optimizer",
     "OptimizerConfig",
@@ -41,5 +42,5 @@ __all__ = [
     "SharpZO",
     "SharpZOConfig",
     "ZOSGDConfig",
-    "make_optimizer",
+    "build_optimizer",
 ]

@@ -1,14 +1,18 @@
-"""The ask/tell contract every client-side optimiser follows.
+"""The ask/tell contract every client-side optimiser follows, and the one loop that drives it.
 
-The caller loops ``a = opt.ask(); r = evaluate(a); opt.tell(r)``. Every point in an
-``Ask`` is one query. ``ask()`` returns the same batch until ``tell()``, so a caller
-may check its budget first and retry later; an optimiser is picklable with all of
-its random state, so a checkpoint resumes the same trajectory bit for bit.
+``opt.optimize(objective, budget)`` runs ``a = opt.ask(); opt.tell(objective(a))`` until
+``opt.stop(budget)`` names a reason (pycma's ``interfaces.py`` manner). Every point in an
+``Ask`` is one query, counted in ``spent`` when it is told: that is the client's one count
+of the method's queries, and the budget is checked against it before each batch is sent.
+``ask()`` returns the same batch until ``tell()``, so a batch that does not fit is declined
+(``decline()`` may offer a cheaper one) without drawing anything. An optimiser is picklable
+with all of its random state, so a checkpoint resumes the same trajectory bit for bit.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Generic, Literal, TypeVar
 
@@ -16,14 +20,14 @@ import numpy as np
 
 from .config import OptimizerConfig
 
-Split = Literal["train", "val"]
+EvalSplit = Literal["train", "val"]
 Info = dict[str, float | str]
 
 
 @dataclass(frozen=True)
 class Ask:
     points: np.ndarray  # (n, d) candidate w's to evaluate; each is one query
-    split: Split = "train"  # "val": evaluate on the validation set
+    split: EvalSplit = "train"  # "val": evaluate on the validation set
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class Request:
 
 
 ConfigT = TypeVar("ConfigT", bound=OptimizerConfig)
+Objective = Callable[[Ask], Evaluation]
+AsyncObjective = Callable[[Ask], Awaitable[Evaluation]]
 
 
 class Optimizer(ABC, Generic[ConfigT]):
@@ -82,6 +88,52 @@ class Optimizer(ABC, Generic[ConfigT]):
     def decline(self) -> bool:
         """The pending ask does not fit the caller's budget: True if a cheaper ask replaces it, False to stop."""
         return False
+
+    def stop(self, budget: int | None = None) -> dict[str, int]:
+        """The termination conditions that hold now, by name (empty: go on), as pycma's ``stop()``.
+
+        ``budget``: the pending batch must fit in ``budget - queries``; one that does not is
+        declined, and a cheaper one tried, until one fits or the optimiser has none to offer.
+        """
+        if budget is None:
+            return {}
+        while self.queries + len(self.ask().points) > budget:
+            if not self.decline():
+                return {"budget": budget}
+        return {}
+
+    def rounds(self, budget: int | None = None, limit: int | None = None) -> Iterator[Ask]:
+        """The asks to evaluate, until ``stop(budget)`` or ``limit`` rounds; tell each before the next."""
+        done = 0
+        while (limit is None or done < limit) and not self.stop(budget):
+            yield self.ask()
+            if self._pending is not None:
+                raise RuntimeError(f"{self.name}: the ask was not told before the next round")
+            done += 1
+
+    def optimize(
+        self, objective: Objective, budget: int | None = None, rounds: int | None = None,
+        callback: Callable[[Ask, Evaluation], None] | None = None,
+    ) -> "Optimizer[ConfigT]":
+        """Evaluate and tell until the next batch does not fit ``budget`` queries (or ``rounds`` are done)."""
+        for ask in self.rounds(budget, rounds):
+            result = objective(ask)
+            self.tell(result)
+            if callback is not None:
+                callback(ask, result)
+        return self
+
+    async def optimize_async(
+        self, objective: AsyncObjective, budget: int | None = None, rounds: int | None = None,
+        callback: Callable[[Ask, Evaluation], Awaitable[None]] | None = None,
+    ) -> "Optimizer[ConfigT]":
+        """``optimize`` for an objective that awaits (queries over HTTP)."""
+        for ask in self.rounds(budget, rounds):
+            result = await objective(ask)
+            self.tell(result)
+            if callback is not None:
+                await callback(ask, result)
+        return self
 
     @property
     def queries(self) -> int:

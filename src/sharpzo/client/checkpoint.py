@@ -1,0 +1,98 @@
+"""A run's ``checkpoint.pkl``: the loop state, written atomically, read back with its settings checked.
+
+Format 2 keeps what the server charged as one ``Usage``. Format 1 (written before the
+budget moved into the optimiser's loop) kept a ``Budget`` of its own; it is converted on
+reading, so its runs resume. A checkpoint that this version cannot read is an error that
+says so, never a traceback from inside pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sharpzo.shared.protocol import Usage
+
+from .optim import Optimizer
+
+CHECKPOINT_FORMAT = 2
+
+
+@dataclass
+class LoopState:
+    optimizer: Optimizer
+    charged: Usage  # everything the server charged for this run's scoring, method and monitor
+    next_eval: int
+    best_val: float
+    elapsed: float
+    zero_shot: dict[str, float]
+    tells: int = 0
+
+    @property
+    def monitor_queries(self) -> int:
+        """The monitor's queries: the optimiser counts its own, the rest of the charge is the monitor's."""
+        return self.charged.queries - self.optimizer.queries
+
+
+class _FormatOneBudget:
+    """What format 1 pickled as ``sharpzo.client.api.Budget``; read only to be converted."""
+
+    queries: int
+    monitor_queries: int
+    image_evals: int
+    requests: int
+
+
+_RENAMED = {
+    ("sharpzo.client.api", "Budget"): _FormatOneBudget,
+    ("sharpzo.client.tune", "LoopState"): LoopState,
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return _RENAMED.get((module, name)) or super().find_class(module, name)
+
+
+def save_checkpoint(path: Path, run_settings: dict[str, Any], state: LoopState) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as handle:
+        pickle.dump({"format": CHECKPOINT_FORMAT, "settings": run_settings, "state": state}, handle)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, run_settings: dict[str, Any]) -> LoopState:
+    """The state saved at ``path``, which must have been written with the same ``run_settings``."""
+    try:
+        with open(path, "rb") as handle:
+            saved = _Unpickler(handle).load()  # the user's own checkpoint file, never data from a server
+    except (AttributeError, ImportError, pickle.UnpicklingError, EOFError) as exc:
+        raise RuntimeError(
+            f"{path} was written by a sharpzo version whose classes this one lacks ({exc}); "
+            "it cannot resume: start a fresh --out directory"
+        ) from exc
+    if saved.get("format") not in (1, CHECKPOINT_FORMAT):
+        raise RuntimeError(f"{path}: unknown checkpoint format {saved.get('format')}; start a fresh --out directory")
+    if saved["settings"] != run_settings:
+        raise RuntimeError(
+            f"{path} was written with other settings {saved['settings']}; "
+            "resume with the same options, or start a fresh --out directory"
+        )
+    state: LoopState = saved["state"]
+    if saved["format"] == 1:
+        old: _FormatOneBudget = state.__dict__.pop("budget")
+        state.charged = Usage(
+            queries=old.queries + old.monitor_queries, image_evals=old.image_evals, requests=old.requests
+        )
+    return state
+
+
+def trim_log(log: Path, tells: int) -> None:
+    """Drop log lines written after the checkpoint of ``tells`` tells, and a finished run's final line."""
+    if log.exists():
+        entries = [json.loads(line) for line in log.read_text().splitlines()]
+        kept = [json.dumps(e) for e in entries if e["tells"] <= tells and e["stage"] != "final"]
+        log.write_text("".join(f"{line}\n" for line in kept))

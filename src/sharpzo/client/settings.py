@@ -1,0 +1,112 @@
+"""Every option of a tuning run, declared once: its default, its help text and its role.
+
+``sharpzo tune``'s flags (``flags.py``) and the keyword arguments of ``tune()`` are built
+from these fields. Roles: ``run`` options define the run (config.json records them and a
+resume must repeat them), ``data`` options choose the images, ``session`` options say how
+this process talks to the server and where it writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from .optim import OPTIMIZERS
+from .prompt import DEFAULT_ALPHA, DEFAULT_INIT_TEXT
+
+Role = Literal["run", "data", "session"]
+PRESETS_FILE = "presets.json"
+
+
+def setting(default: Any, help: str, role: Role, **cli: Any) -> Any:
+    """A field with its help text and role; ``cli`` holds what the flag needs beyond the type (env, choices)."""
+    factory = dict if isinstance(default, dict) else None
+    metadata = {"help": help, "role": role, "cli": cli}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneSettings:
+    method: str = setting("sharpzo", "optimiser", "run", choices=sorted(OPTIMIZERS))
+    budget: int = setting(8000, "most queries the method may spend (training and validation queries)", "run")
+    seed: int = setting(0, "seed of the few-shot draw, projection and optimiser", "run")
+    dim: int = setting(512, "dimension d of the tuned vector w", "run")
+    alpha: float = setting(DEFAULT_ALPHA, "projection scale in token-embedding spreads per unit of w", "run")
+    init_text: str = setting(DEFAULT_INIT_TEXT, "text whose token embeddings are the initial prompt p0", "run")
+    eval_every: int = setting(
+        1000,
+        "queries between validation/test evaluations of the current prompt, charged by the server but not against "
+        "--budget; 0: none between the zero-shot and the final evaluation",
+        "run",
+    )
+    augment: bool = setting(False, "encode training images with one random augmented view", "run")
+    options: dict[str, Any] = setting({}, "optimiser options by name (--opt NAME=VALUE; see below)", "run")
+    shots: int = setting(16, "images per class in the training set", "data")
+    test_data: Any = setting(
+        None, "test images in the same forms as --data; by default a seeded part of what the k-shot draw leaves",
+        "data", type=Path, metavar="PATH",
+    )
+    allow_fewer: bool = setting(False, "let classes with fewer than --shots images train on all they have", "data")
+    server: str | None = setting(
+        None, "URL of a SharpZO server; without one, an embedded server with the stand-in model starts on loopback",
+        "session", env="SHARPZO_SERVER", metavar="URL",
+    )
+    api_key: str | None = setting(None, "API key", "session", env="SHARPZO_API_KEY", metavar="KEY")
+    concurrency: int = setting(4, "requests in flight at once, over this whole client", "session")
+    out: Path | None = setting(None, "run directory (default runs/<data>-<method>-s<seed>)", "session", type=Path, metavar="DIR")
+    resume: bool = setting(False, "continue from the run directory's checkpoint", "session")
+    progress: bool = setting(True, "show a progress bar", "session")
+
+    def __post_init__(self) -> None:
+        if self.method not in OPTIMIZERS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(OPTIMIZERS)}")
+        OPTIMIZERS[self.method].config_type.from_options(self.options, owner=self.method)
+        for name, least in (("budget", 0), ("eval_every", 0), ("dim", 1), ("shots", 1), ("concurrency", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
+
+    @classmethod
+    def build(cls, preset: str | None = None, **overrides: Any) -> "TuneSettings":
+        """Defaults, then ``preset``'s values, then ``overrides``; ``options`` are merged by name."""
+        values = dict(load_preset(preset)) if preset is not None else {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown tune option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+        for name, value in overrides.items():
+            values[name] = {**values.get("options", {}), **(value or {})} if name == "options" else value
+        return cls(**values)
+
+    def run_settings(self) -> dict[str, Any]:
+        """The options that define the run: what config.json records and a resume compares."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["role"] == "run"}
+
+
+def presets() -> dict[str, dict[str, Any]]:
+    """Named, validated option sets from ``presets.json``: ``{name: {"help": ..., "settings": {...}}}``."""
+    return _load_presets()
+
+
+def load_preset(name: str) -> Mapping[str, Any]:
+    table = presets()
+    if name not in table:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(table)}")
+    return table[name]["settings"]
+
+
+@lru_cache(maxsize=1)
+def _load_presets() -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = json.loads(resources.files(__package__).joinpath(PRESETS_FILE).read_text())
+    for name, preset in table.items():
+        try:
+            TuneSettings(**preset["settings"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{PRESETS_FILE}: preset {name!r} is invalid: {exc}") from exc
+    return table
