@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from .settings import ServerSettings
 
-_FLAGS = {
-    "model": "open_clip model name (default: the shipped stand-in, sharpzo-standin)",
-    "pretrained": "pretrained tag such as 'openai', or a checkpoint file; 'none' for random weights",
-    "device": "auto, cpu or cuda",
-    "precision": "fp32, or bf16/fp16 on CUDA",
-    "threads": "torch CPU threads (0: torch's default)",
-    "max_candidates": "most prompts per /v1/logits request",
-    "max_classes": "most class names per request",
-    "max_images_per_set": "most images in one image set",
-    "max_body_bytes": "largest request body",
-    "image_cache_dir": "folder that keeps image-set features across restarts",
-    "auth": "on (default): calls need 'Authorization: Bearer <API key>'; off: no keys, all usage goes to 'anonymous'",
-    "ledger": "SQLite file of hashed API keys, usage and idempotent responses (see 'sharpzo keys')",
-    "api_keys_file": "file of 'name:key:quota' lines, keys besides the ledger's",
-}
+# settings that also have a flag; each flag's help is its field's description
+_FLAGS = (
+    "model", "pretrained", "device", "precision", "threads", "max_candidates", "max_classes", "max_images_per_set",
+    "max_body_bytes", "image_cache_dir", "auth", "ledger", "api_keys_file",
+)
 
 
 def _settings_help() -> str:
@@ -45,17 +34,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 in containers)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000)")
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
-    for name, text in _FLAGS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=text)
+    for name in _FLAGS:
+        field = ServerSettings.model_fields[name]
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=field.description)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    for name in _FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            os.environ[f"SHARPZO_{name.upper()}"] = str(value)
+    overrides = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from pydantic import ValidationError
 
@@ -66,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     from .model import UnsupportedModel
 
     try:
-        settings = ServerSettings()
+        settings = ServerSettings(**overrides)
         configure_access_log(settings.access_log)
         app = create_app(settings)
     except (UnsupportedModel, ValidationError, KeyConfigError, LedgerError) as exc:

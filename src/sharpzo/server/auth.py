@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import math
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
-from fastapi import Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sharpzo.shared.protocol import AccountUsage
 
-from .errors import ApiError
 from .keys import ANONYMOUS, KeySpec, hash_key
 from .ledger import Ledger
 
@@ -20,6 +15,29 @@ from .ledger import Ledger
 class Account:
     name: str
     quota: int | None  # None: no limit
+
+
+ANONYMOUS_ACCOUNT = Account(ANONYMOUS, None)
+
+
+def usage_headers(usage: AccountUsage) -> dict[str, str]:
+    """X-Queries-Used, and X-Quota and X-Queries-Remaining for a key with a quota."""
+    headers = {"X-Queries-Used": str(usage.queries)}
+    if usage.quota is not None:
+        headers["X-Quota"] = str(usage.quota)
+        headers["X-Queries-Remaining"] = str(usage.remaining)
+    return headers
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The account a request is charged to, and its usage as read from the ledger when the request came in."""
+
+    account: Account
+    usage: AccountUsage
+
+    def headers(self) -> dict[str, str]:
+        return usage_headers(self.usage)
 
 
 class TokenBucket:
@@ -55,43 +73,3 @@ class Authenticator:
             return Account(spec.name, spec.quota)
         stored = self.ledger.find_key(key_hash)
         return None if stored is None else Account(stored.name, stored.quota)
-
-
-AccountDependency = Callable[..., Awaitable[Account]]
-
-
-async def _remember(request: Request, ledger: Ledger, account: Account) -> None:
-    """Keep the account and its usage on the request, for quota checks and the usage headers."""
-    request.state.account = account
-    request.state.totals = await asyncio.to_thread(ledger.totals, account.name, account.quota)
-
-
-def anonymous_dependency(ledger: Ledger) -> AccountDependency:
-    anonymous = Account(ANONYMOUS, None)
-
-    async def anonymous_account(request: Request) -> Account:
-        await _remember(request, ledger, anonymous)
-        return anonymous
-
-    return anonymous_account
-
-
-def bearer_dependency(authenticator: Authenticator, limiter: TokenBucket) -> AccountDependency:
-    bearer = HTTPBearer(auto_error=False, description="An API key: `sharpzo keys add NAME --quota N` prints one.")
-    challenge = {"WWW-Authenticate": "Bearer"}
-
-    async def bearer_account(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Account:
-        if credentials is None:
-            raise ApiError(401, "Authorization: missing; send 'Authorization: Bearer <API key>'", challenge)
-        account = await asyncio.to_thread(authenticator.account, credentials.credentials)
-        if account is None:
-            raise ApiError(401, "Authorization: unknown or revoked API key", challenge)
-        await _remember(request, authenticator.ledger, account)
-        wait = limiter.take(account.name)
-        if wait > 0:
-            raise ApiError(
-                429, f"rate: key {account.name!r} is over {limiter.rate:g} requests/s", {"Retry-After": str(math.ceil(wait))}
-            )
-        return account
-
-    return bearer_account

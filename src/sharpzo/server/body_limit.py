@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sharpzo.shared.protocol import ErrorBody
 
 
 class BodyTooLarge(Exception):
@@ -17,7 +17,8 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps({"detail": f"body: larger than the limit of {self.max_bytes} bytes"}).encode()
+        detail = f"body: larger than the limit of {self.max_bytes} bytes"
+        body = ErrorBody(detail=detail, code="body_too_large").model_dump_json().encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

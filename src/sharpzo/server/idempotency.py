@@ -34,5 +34,6 @@ def replay(earlier: Replayable, request_fingerprint: str) -> bytes:
             422,
             f"{IDEMPOTENCY_HEADER}: {earlier.key!r} was already used for a different request; "
             "send a fresh key for each new request and the same key only to retry it",
+            code="idempotency_conflict",
         )
     return earlier.body

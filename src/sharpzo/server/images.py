@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .ledger import Ledger
 from .model import LoadedModel
 
 _ENCODE_BATCH = 64
@@ -131,3 +133,22 @@ class ImageSetStore:
             return existing
         decoded = [decode_image(data, i, self.max_pixels) for i, data in enumerate(images)]
         return self._persist(ImageSet(set_id, encode_images(self.loaded, decoded, augment, seed)))
+
+
+class OwnedImageSets:
+    """The store as one account sees it: another account's image set is as unknown as a missing one."""
+
+    def __init__(self, store: ImageSetStore, ledger: Ledger) -> None:
+        self.store = store
+        self.ledger = ledger
+        self._owners: dict[str, str] = {}  # an id is derived from its owner, so it never changes hands
+
+    async def get(self, set_id: str, owner: str) -> ImageSet | None:
+        found = self._owners.get(set_id) or await asyncio.to_thread(self.ledger.image_set_owner, set_id)
+        if found is not None:
+            self._owners[set_id] = found
+        # not on the model thread: a lookup must not wait behind a running batch
+        return None if found != owner else await asyncio.to_thread(self.store.get, set_id)
+
+    async def record(self, image_set: ImageSet, owner: str) -> None:
+        await asyncio.to_thread(self.ledger.own_image_set, image_set.id, owner)

@@ -6,10 +6,17 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
+from fastapi import Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sharpzo.shared.protocol import SERVER_TIMING_HEADER, Usage
 
 from .batcher import BatchStats
 
@@ -17,6 +24,44 @@ ACCESS_LOG = logging.getLogger("sharpzo.access")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _POWERS_OF_TWO = tuple(float(2**k) for k in range(14))
+
+
+_OBSERVATION = "sharpzo.observation"
+
+
+@dataclass
+class Observation:
+    """One request as the access log sees it: made by ObserveMiddleware, filled in by the handler's dependencies."""
+
+    started: float  # perf_counter when the request reached the app
+    key: str | None = None
+    queries: int = 0
+
+
+def observation(request: Request) -> Observation:
+    """Dependency: the request's Observation."""
+    return request.scope[_OBSERVATION]
+
+
+class StageTimes:
+    """Seconds per named stage of one request: its Server-Timing header and the stage histogram."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    @contextmanager
+    def time(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - started)
+
+    def header(self) -> str:
+        return ", ".join(f"{stage};dur={seconds * 1000.0:.3f}" for stage, seconds in self.seconds.items())
 
 
 def configure_access_log(enabled: bool) -> None:
@@ -62,6 +107,20 @@ class Metrics:
         self.batch_seconds = Histogram(
             "sharpzo_batch_seconds", "Model time per batch.", buckets=_LATENCY_BUCKETS, registry=self.registry
         )
+        self.stage_seconds = Histogram(
+            "sharpzo_logits_stage_seconds",
+            "Server time of a charged /v1/logits request by stage: accept (receive, parse, authenticate), idempotency "
+            "(replay lookup), validate, queue, model, encode (the response), ledger (the commit).",
+            ["stage"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+
+    def charged(self, key: str, usage: Usage) -> None:
+        self.queries.labels(key).inc(usage.queries)
+        self.image_evals.labels(key).inc(usage.image_evals)
+
+    def on_stages(self, stages: StageTimes) -> None:
+        for stage, seconds in stages.seconds.items():
+            self.stage_seconds.labels(stage).observe(seconds)
 
     def on_batch(self, stats: BatchStats) -> None:
         self.batch_candidates.observe(stats.candidates)
@@ -75,7 +134,7 @@ class Metrics:
 
 
 class ObserveMiddleware:
-    """Counts and times every request, and writes its access-log line."""
+    """Counts and times every request, adds its total time to Server-Timing ("app"), and writes its access-log line."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -85,39 +144,35 @@ class ObserveMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        seen = scope[_OBSERVATION] = Observation(time.perf_counter())
         status = 500  # what the client gets if the app raises before it answers
 
         async def send_observed(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                app_ms = (time.perf_counter() - seen.started) * 1000.0
+                MutableHeaders(scope=message).append(SERVER_TIMING_HEADER, f"app;dur={app_ms:.3f}")
             await send(message)
 
         try:
             await self.app(scope, receive, send_observed)
         finally:
-            self._record(scope, status, time.perf_counter() - started)
+            self._record(scope, seen, status, time.perf_counter() - seen.started)
 
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+    def _record(self, scope: Scope, seen: Observation, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
         method = scope["method"]
-        state = scope.get("state", {})
-        account = state.get("account")
-        charge = state.get("charge")
         self.metrics.requests.labels(method, route, str(status)).inc()
         self.metrics.latency.labels(method, route).observe(seconds)
-        if account is not None and charge is not None:
-            self.metrics.queries.labels(account.name).inc(charge.queries)
-            self.metrics.image_evals.labels(account.name).inc(charge.image_evals)
         ACCESS_LOG.info(
             json.dumps(
                 {
                     "method": method,
                     "path": scope["path"],
                     "status": status,
-                    "key": None if account is None else account.name,
-                    "queries": 0 if charge is None else charge.queries,
+                    "key": seen.key,
+                    "queries": seen.queries,
                     "latency_ms": round(seconds * 1000.0, 2),
                 }
             )

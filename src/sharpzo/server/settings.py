@@ -1,4 +1,4 @@
-"""Server configuration, read from SHARPZO_* environment variables (or CLI flags mapped onto them)."""
+"""Server configuration: SHARPZO_* environment variables, overridden by ``sharpzo serve`` flags."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ class ServerSettings(BaseSettings):
         description="open_clip pretrained tag (e.g. openai) or a checkpoint file; unset: a project model's shipped "
         "weights; 'none' for random weights.",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto picks CUDA when available.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="bf16 and fp16 need CUDA.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto (CUDA when available), cpu or cuda.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="fp32, or bf16 / fp16 (these need CUDA).")
     init_seed: int = Field(default=0, description="torch seed before building the model: random weights are reproducible.")
     threads: int = Field(default=0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
 
@@ -46,8 +46,14 @@ class ServerSettings(BaseSettings):
         description="Most suffix tokens (candidates x class tokens) in one text-tower pass; unset: 4096 on the CPU "
         "(activations stay in cache), 65536 on CUDA.",
     )
-    batch_window_ms: float = Field(default=2.0, ge=0, description="How long the micro-batcher waits to fill a batch.")
+    batch_window_ms: float = Field(
+        default=2.0, ge=0,
+        description="How long the micro-batcher waits to fill a batch; it waits only while other requests are on their way.",
+    )
     batch_max_candidates: int = Field(default=4096, ge=1, description="Most candidates the micro-batcher merges.")
+    suffix_cache_size: int = Field(
+        default=64, ge=0, description="Tokenised class lists kept across requests (least recently used go first); 0: none."
+    )
 
     image_cache_dir: Path | None = Field(default=None, description="Folder to persist image-set features across restarts.")
 
@@ -56,8 +62,9 @@ class ServerSettings(BaseSettings):
     )
     api_keys: SecretStr | None = Field(default=None, description="API keys as 'name:key:quota,...' (besides the ledger's).")
     api_keys_file: Path | None = Field(default=None, description="File of 'name:key:quota' lines ('#' comments).")
-    ledger: Path = Field(
-        default_factory=default_ledger_path, description="SQLite ledger: hashed keys, usage, idempotent responses."
+    ledger: str = Field(
+        default_factory=lambda: str(default_ledger_path()),
+        description="Ledger of hashed keys, usage, idempotent responses: a SQLite file, or postgresql://... for replicas.",
     )
     ledger_synchronous: Literal["NORMAL", "FULL"] = Field(
         default="NORMAL",

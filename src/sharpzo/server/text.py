@@ -37,6 +37,7 @@ class ClassSuffixes:
     """Token ids of ``"{name}." [EOT]`` for each class: padded to one length, and grouped by length."""
 
     names: tuple[str, ...]
+    m: int  # context vectors these suffixes were checked to fit after
     tokens: torch.Tensor  # [C, Ls] long, right-padded
     eot: torch.Tensor  # [C] long, EOT index within the suffix
     groups: tuple[SuffixGroup, ...]
@@ -72,7 +73,7 @@ def _finish_block(block: nn.Module, x: torch.Tensor, attended: torch.Tensor) -> 
 
 
 class PromptedTextEncoder:
-    def __init__(self, loaded: LoadedModel, chunk_tokens: int = 65_536) -> None:
+    def __init__(self, loaded: LoadedModel, chunk_tokens: int = 65_536, suffix_cache_size: int = 64) -> None:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
@@ -80,7 +81,8 @@ class PromptedTextEncoder:
         self.width = loaded.width
         self.context_length = loaded.context_length
         self.chunk_tokens = chunk_tokens
-        self._suffixes = lru_cache(maxsize=64)(self._build_suffixes)
+        # a tuning run sends the same class list with every request: tokenise it once, not per request
+        self._suffixes = lru_cache(maxsize=suffix_cache_size)(self._build_suffixes)
 
     def token_ids(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
@@ -96,6 +98,7 @@ class PromptedTextEncoder:
         return ids, self.model.token_embedding(index).float()
 
     def suffixes(self, class_names: list[str], m: int) -> ClassSuffixes:
+        """Raises PromptError naming the class whose suffix does not fit after ``m`` context vectors."""
         return self._suffixes(tuple(class_names), m)
 
     def _build_suffixes(self, names: tuple[str, ...], m: int) -> ClassSuffixes:
@@ -118,7 +121,7 @@ class PromptedTextEncoder:
             for n in sorted(set(len(r) for r in rows))
             for members in [torch.tensor([k for k, r in enumerate(rows) if len(r) == n])]
         )
-        return ClassSuffixes(names, tokens.to(self.device), eot.to(self.device), groups)
+        return ClassSuffixes(names, m, tokens.to(self.device), eot.to(self.device), groups)
 
     def _project(self, eot_states: torch.Tensor) -> torch.Tensor:
         features = self.model.ln_final(eot_states) @ self.model.text_projection

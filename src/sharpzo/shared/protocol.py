@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from .tensors import Tensor, WireDType
 
 API_PREFIX = "/v1"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Per-stage server times of a /v1/logits answer (W3C Server-Timing: "stage;dur=<ms>, ...").
+SERVER_TIMING_HEADER = "Server-Timing"
 
 
 class _Body(BaseModel):
@@ -110,6 +113,21 @@ class LogitsRequest(_Body):
     )
     return_logits: bool = Field(default=True, description="Send logits back; set false with labels to save bandwidth.")
     logits_dtype: WireDType = Field(default="float32", description="Element type of the returned logits.")
+
+    @field_validator("class_names")
+    @classmethod
+    def _names_are_distinct_and_not_blank(cls, names: list[str]) -> list[str]:
+        seen: dict[str, int] = {}
+        for k, name in enumerate(names):
+            if not name.strip():
+                raise PydanticCustomError("class_name", "class_names[{k}]: empty class name", {"k": k})
+            if name in seen:
+                raise PydanticCustomError(
+                    "class_name", "class_names[{k}]: {name} duplicates class_names[{first}]",
+                    {"k": k, "name": repr(name), "first": seen[name]},
+                )
+            seen[name] = k
+        return names
 
 
 class LogitsResponse(BaseModel):

@@ -1,0 +1,94 @@
+"""The server's long-lived parts, built once per app and handed to the routes through ``Depends``."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, TypeVar
+
+from fastapi import Depends, Request
+
+from sharpzo.shared.protocol import Limits, ModelInfo
+
+from .auth import Authenticator, TokenBucket
+from .batcher import MicroBatcher
+from .images import ImageSetStore, OwnedImageSets
+from .keys import configured_keys
+from .ledger import Ledger, open_ledger
+from .metrics import Metrics
+from .model import LoadedModel, load_model
+from .settings import ServerSettings
+from .text import PromptedTextEncoder
+
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    settings: ServerSettings
+    loaded: LoadedModel
+    info: ModelInfo
+    ledger: Ledger
+    encoder: PromptedTextEncoder
+    store: ImageSetStore
+    image_sets: OwnedImageSets
+    executor: ThreadPoolExecutor  # the model thread: image encoding and scoring batches
+    batcher: MicroBatcher
+    metrics: Metrics
+    authenticator: Authenticator | None  # None: auth is off
+    limiter: TokenBucket | None
+
+    async def on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+def _model_info(loaded: LoadedModel, settings: ServerSettings) -> ModelInfo:
+    return ModelInfo(
+        name=loaded.name,
+        pretrained=loaded.pretrained,
+        embed_dim=loaded.embed_dim,
+        width=loaded.width,
+        context_length=loaded.context_length,
+        logit_scale=loaded.logit_scale,
+        device=str(loaded.device),
+        precision=loaded.precision,
+        limits=Limits(**settings.model_dump(include=set(Limits.model_fields))),
+    )
+
+
+def build_services(settings: ServerSettings, loaded: LoadedModel | None = None) -> Services:
+    api_keys = configured_keys(settings.api_keys and settings.api_keys.get_secret_value(), settings.api_keys_file)
+    ledger = open_ledger(settings.ledger, settings.ledger_synchronous)  # before the model, so that a bad key or ledger setting fails fast
+    loaded = loaded or load_model(settings)
+    chunk = settings.text_chunk_tokens or (65_536 if loaded.device.type == "cuda" else 4096)
+    encoder = PromptedTextEncoder(loaded, chunk, settings.suffix_cache_size)
+    store = ImageSetStore(loaded, settings.max_image_sets, settings.max_image_pixels, settings.image_cache_dir)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    metrics = Metrics()
+    batcher = MicroBatcher(
+        encoder, loaded.logit_scale, executor, settings.batch_window_ms / 1000.0, settings.batch_max_candidates,
+        on_batch=metrics.on_batch,
+    )
+    auth_on = settings.auth == "on"
+    return Services(
+        settings=settings,
+        loaded=loaded,
+        info=_model_info(loaded, settings),
+        ledger=ledger,
+        encoder=encoder,
+        store=store,
+        image_sets=OwnedImageSets(store, ledger),
+        executor=executor,
+        batcher=batcher,
+        metrics=metrics,
+        authenticator=Authenticator(ledger, api_keys) if auth_on else None,
+        limiter=TokenBucket(settings.rate_limit_rps, settings.rate_limit_burst) if auth_on else None,
+    )
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
