@@ -167,7 +167,7 @@ def test_unknown_option_names_the_option() -> None:
 def test_unknown_optimiser_and_bad_choice_are_clear() -> None:
     with pytest.raises(ValueError, match="unknown optimiser 'adam'"):
         build_optimizer("adam", 4)
-    with pytest.raises(ValueError, match=r"mask_keep='middle': choose one of \['lowest', 'highest'\]"):
+    with pytest.raises(ValueError, match=r"mask_keep='middle': choose one of \['highest', 'lowest'\]"):
         build_optimizer("sharpzo", 4, mask_keep="middle")
     with pytest.raises(ValueError, match="mask_fraction"):
         build_optimizer("sharpzo", 4, mask_fraction=0.0)
@@ -184,7 +184,8 @@ def test_every_option_has_a_default_and_help(name: str) -> None:
 def test_registry_and_paper_defaults() -> None:
     assert set(OPTIMIZERS) == {"sharpzo", "bbt", "zo-sgd", "spsa-gc"}
     config = build_optimizer("sharpzo", 4).config
-    paper = {"popsize": 40, "rho": 0.1, "sharpness_mu": 1e-3, "rge_mu": 1e-3, "mask_mu": 1e-5, "mask_interval": 200}
+    # the paper's constants in this project's units (client/prompt.py): ρ as its ρ/(σ√d) ≈ 1% of the population radius
+    paper = {"popsize": 40, "rho": 0.01, "rho_scale": "population", "mask_interval": 200}
     paper |= {"mask_fraction": 0.5, "patience": 10, "min_delta": 0.01}
     assert {key: getattr(config, key) for key in paper} == paper
     assert config.sharpness == "es"  # the query-efficient variant, chosen on validation; "cge" is the paper's

@@ -72,28 +72,33 @@ def linear(points: np.ndarray) -> np.ndarray:
 def test_population_is_shifted_by_eps_star_and_cma_is_told_the_unshifted_candidates() -> None:
     """On a linear loss the shift does not change the ranking, so CMA-ES must follow the same path."""
     g = np.arange(1.0, D + 1)
-    eps = 0.1 * g / np.linalg.norm(g)
-    shifted = [a.points for a in run_rounds(sharpzo(), linear, 6) if len(a.points) == S]
+    eps = 0.1 * np.sqrt(D) * g / np.linalg.norm(g)  # 0.1 spreads: a w-norm of 0.1·√d
+    shifted = [a.points for a in run_rounds(sharpzo(rho=0.1, rho_scale="absolute"), linear, 6) if len(a.points) == S]
     plain = [a.points for a in run_rounds(sharpzo(rho=0.0), linear, 3)]
     for with_shift, without in zip(shifted, plain, strict=True):
         np.testing.assert_allclose(with_shift - without, np.broadcast_to(eps, without.shape), atol=1e-9)
 
 
-def test_sigma_scaled_radius() -> None:
-    opt = sharpzo(rho=0.1, rho_scale="sigma", sigma0=2.0)
+def test_population_radius_is_a_fraction_of_sigma_sqrt_d() -> None:
+    opt = sharpzo(rho=0.05, rho_scale="population", sigma0=2.0)
     run_rounds(opt, linear, 1)
-    assert opt.info()["shift_norm"] == pytest.approx(0.2)
+    assert opt.info()["shift_norm"] == pytest.approx(0.05 * 2.0 * np.sqrt(D))
+
+
+def test_the_old_sigma_scale_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="not by the population radius"):
+        sharpzo(rho_scale="sigma")
 
 
 def test_es_variant_shifts_by_the_previous_generations_gradient() -> None:
-    shifted = run_rounds(sharpzo(sharpness="es"), linear, 3)
+    shifted = run_rounds(sharpzo(sharpness="es", rho=0.1, rho_scale="absolute"), linear, 3)
     plain = run_rounds(sharpzo(rho=0.0), linear, 3)
     assert np.array_equal(shifted[0].points, plain[0].points)  # no ES gradient before the first generation
     shift = shifted[1].points - plain[1].points
     assert np.allclose(shift, shift[0])
-    assert np.linalg.norm(shift[0]) == pytest.approx(0.1)
+    assert np.linalg.norm(shift[0]) == pytest.approx(0.1 * np.sqrt(D))
     g = np.arange(1.0, D + 1)
-    assert shift[0] @ g / (0.1 * np.linalg.norm(g)) > 0.5  # an ascent direction
+    assert shift[0] @ g / np.linalg.norm(shift[0] * np.linalg.norm(g)) > 0.5  # an ascent direction
 
 
 def test_stage_2_probes_and_steps_move_only_the_masked_coordinates() -> None:

@@ -1,10 +1,38 @@
-"""The BBT-style prompt space: ctx = p0 + reshape(A @ w, (m, width)).
+"""The BBT-style prompt space ctx = p0 + reshape(A @ w, (m, width)), and the unit every step-like constant is in.
 
 p0 holds the token embeddings of the initial words ("a photo of a"), fetched from the
 server. A is a fixed random projection, seeded and made here; the server never sees w or A.
-Its entries have std alpha * std(p0) / (sqrt(d) * sigma0), BBT's scaling: a w drawn with
-per-coordinate spread sigma0 moves each context entry by about alpha token-embedding
-spreads, so the same w-space step sizes suit any CLIP width.
+Its entries have std alpha * std(p0) / sqrt(d).
+
+Units. Every step-like constant of every optimiser is a length in *spreads*: the RMS, over
+the m * width context entries, of the context displacement it causes, divided by std(p0),
+the spread of the model's own token embeddings. A displacement dw of w moves the context
+by about alpha * std(p0) * ||dw|| / sqrt(d) per entry (A's columns are random and nearly
+orthogonal), so with the default alpha = 1
+
+    length in spreads = ||dw|| / sqrt(d)  (``embedding_length``)
+
+and a length r is a w-space vector of norm r * sqrt(d) (``w_norm``). Concretely:
+- a w-space spread per coordinate (CMA-ES's sigma0, its box bound) is in spreads as it is;
+- the population radius sigma * sqrt(d) is sigma spreads, and the sharpness radius
+  rho is either absolute spreads or a fraction kappa of that radius (rho = kappa * sigma);
+- a finite-difference step mu is the length of the probe displacement: w +- mu*u with
+  u ~ N(0, I) or +-1 entries (RGE, SPSA) has length mu; a coordinate probe w +- s e_i (CGE)
+  has length s / sqrt(d), so the CGE uses s = mu * sqrt(d) (``w_norm``). Either
+  way the loss difference is about 2 * mu * ||grad|| times a standard normal, so one mu
+  means the same signal against the forward pass's rounding for every estimator and d;
+- learning rates are in spreads squared per unit of loss (the w update is -lr * grad).
+
+Why this unit: the text tower only sees the context, and std(p0) is the scale of the
+inputs it was trained on, so a length relative to it means the same perturbation of the
+model whatever the model's width, d or the embedding spread, where a raw w-length means a
+different one for each (the paper's w moves a context entry by 0.2 per unit, ours did by
+4.4e-4). The loss's own scale (the logit scale) still sets the gradient, so learning rates
+and the fp32 floor of mu (estimators.py) remain model-dependent and are measured, not
+derived. alpha is kept as an explicit global multiplier of every length (at alpha != 1 a
+constant c means c * alpha spreads, and learning rates c * alpha**2): it exists for
+compatibility with runs and grids that set it, and 1 is the only value in which the
+options' help texts are literal.
 """
 
 from __future__ import annotations
@@ -14,8 +42,18 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_INIT_TEXT = "a photo of a"
-DEFAULT_ALPHA = 0.5
-SIGMA0 = 1.0
+DEFAULT_ALPHA = 1.0
+
+
+def embedding_length(delta_w: np.ndarray) -> float:
+    """The length in spreads (at alpha = 1) of a w-space displacement: ||dw|| / sqrt(d)."""
+    delta = np.asarray(delta_w, dtype=float)
+    return float(np.linalg.norm(delta) / np.sqrt(delta.shape[-1]))
+
+
+def w_norm(length: float, dim: int) -> float:
+    """The w-space norm of a displacement that is ``length`` spreads long."""
+    return float(length * np.sqrt(dim))
 
 
 @dataclass(frozen=True)
@@ -31,7 +69,7 @@ class PromptSpace:
             raise ValueError(f"p0 must be [m, width], got shape {p0.shape}")
         if dim < 1 or alpha <= 0:
             raise ValueError(f"need dim >= 1 and alpha > 0, got dim={dim}, alpha={alpha}")
-        std = alpha * float(np.std(p0)) / (np.sqrt(dim) * SIGMA0)
+        std = alpha * float(np.std(p0)) / np.sqrt(dim)
         rng = np.random.default_rng([seed, 0xA])
         projection = rng.normal(0.0, std, size=(p0.size, dim)).astype(np.float32)
         return cls(p0.astype(np.float32), projection, alpha, seed)
@@ -43,6 +81,16 @@ class PromptSpace:
     @property
     def m(self) -> int:
         return int(self.p0.shape[0])
+
+    @property
+    def spread(self) -> float:
+        """std(p0): the embedding-space length of one spread."""
+        return float(np.std(self.p0))
+
+    def context_length(self, delta_w: np.ndarray) -> float:
+        """The exact length in spreads of the context displacement A @ dw (RMS entry / std(p0))."""
+        moved = self.projection.astype(float) @ np.asarray(delta_w, dtype=float)
+        return float(np.sqrt(np.mean(moved**2)) / self.spread)
 
     def ctx(self, w: np.ndarray) -> np.ndarray:
         """[n, d] (or [d]) points to [n, m, width] context vectors."""

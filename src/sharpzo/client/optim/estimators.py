@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import require
+
 
 def gaussian_directions(rng: np.random.Generator, count: int, dim: int, mask: np.ndarray | None = None) -> np.ndarray:
     """(count, dim) directions u ~ N(0, I), multiplied by a 0/1 mask when given (ũ = u ⊙ Ω)."""
@@ -64,3 +66,25 @@ def sharpness_shift(gradient: np.ndarray, radius: float) -> np.ndarray:
     """ε* = radius · ĝ / ‖ĝ‖, the first-order worst-case perturbation (zero for ĝ = 0)."""
     norm = float(np.linalg.norm(gradient))
     return np.zeros_like(gradient) if norm == 0.0 else radius * gradient / norm
+
+
+# The forward pass's noise, in ulps of the fp32 loss it returns, and the shortest probe length (in spreads,
+# client/prompt.py) whose loss difference stays above it at the production setting: measured with
+# bench/estimator_agreement.py (BENCHMARKS.md, "SharpZO units and estimators").
+FORWARD_NOISE_ULPS = 1.0
+MIN_STEP = 1e-4
+
+
+def require_resolvable_step(name: str, mu: float) -> None:
+    require(
+        mu >= MIN_STEP,
+        f"{name}={mu:g} spreads is below the fp32 floor of {MIN_STEP:g}: its loss differences would be "
+        "rounding noise (see estimators.MIN_STEP)",
+    )
+
+
+def resolution(losses: np.ndarray) -> float:
+    """Median over the probe pairs of |L(w + μu) − L(w − μu)| in units of the forward pass's noise."""
+    plus, minus = np.split(np.asarray(losses, dtype=float), 2)
+    noise = FORWARD_NOISE_ULPS * np.spacing(np.abs(plus).astype(np.float32)).astype(float)
+    return float(np.median(np.abs(plus - minus) / noise))

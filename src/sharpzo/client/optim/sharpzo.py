@@ -7,13 +7,17 @@ starts from θ: every ``mask_interval`` steps a mask Ω is scored, and each step
 one masked random-direction ZO-SGD step (2 queries).
 
 Where ĝ comes from (``sharpness``):
-- "es" (the default, chosen on validation): no extra queries: the previous
-  generation's ES gradient (none in the first iteration, so ε* = 0 there). Mask
-  scores then come from already-paid queries too: the last ES gradient at the
-  switch, afterwards an exponential average of the stage-2 estimates δ·ũ.
+- "es" (the default, chosen on validation): no extra queries: the average of the last
+  ``shift_generations`` generations' ES gradients (none before the first, so ε* = 0
+  there). The mask is scored once, at the switch, from the average of the last
+  ``mask_generations`` ES gradients, and kept: stage 2's masked estimates say nothing
+  about the coordinates the mask leaves out, so they cannot re-score it.
 - "cge": coordinate-wise estimate at θ, 2d queries an iteration, and a CGE for
   every mask (the paper's version);
 - "rge": ``sharpness_probes`` random pairs at θ, 2·probes queries.
+
+Every length (ρ, the μ's, σ0, the bound) is in spreads and lr in spreads² per unit of
+loss: see client/prompt.py. A CGE probe of length μ is w ± μ·√d·e_i.
 """
 
 from __future__ import annotations
@@ -33,26 +37,32 @@ from .estimators import (
     es_gradient,
     gaussian_directions,
     rge_gradient,
+    require_resolvable_step,
     rge_probes,
     sharpness_shift,
 )
 from .masks import MaskKeep, MaskScore, mask_scores, select_mask
+from ..prompt import w_norm
 
 Phase = Literal["sharpness", "population", "val", "mask", "step"]
 
 
 @dataclass(frozen=True)
 class SharpZOConfig(CMAConfig):
-    rho: float = option(0.1, "sharpness radius ρ of ε* = ρ ĝ/‖ĝ‖; 0 gives plain CMA-ES in stage 1")
-    rho_scale: Literal["absolute", "sigma"] = option(
-        "absolute", "absolute: ‖ε*‖ = ρ; sigma: ‖ε*‖ = ρ·(current CMA step size)"
+    rho: float = option(
+        0.01, "sharpness radius of ε* along ĝ/‖ĝ‖; 0 gives plain CMA-ES in stage 1 (default: the paper's ρ/(σ√d) ≈ 1%)"
     )
+    rho_scale: Literal["population", "absolute"] = option(
+        "population", "population: ε* is ρ times the population radius σ·√d (ρ·σ spreads); absolute: ρ spreads"
+    )
+    shift_generations: int = option(1, "sharpness='es': ε* from the average of the last N generations' ES gradients")
+    mask_generations: int = option(10, "sharpness='es': the mask from the average of the last N generations' ES gradients")
     sharpness: Literal["cge", "es", "rge"] = option(
         "es",
         "source of ĝ for ε* and the mask scores: es (free: previous generation; chosen on groceries validation), "
         "cge (2d queries, the paper's), rge (2·sharpness_probes)",
     )
-    sharpness_mu: float = option(1e-3, "μc, finite-difference step of the stage-1 CGE/RGE probes")
+    sharpness_mu: float = option(1e-2, "μc, length in spreads of the stage-1 CGE/RGE probes (floor: estimators.py)")
     sharpness_probes: int = option(5, "random-direction pairs for sharpness='rge'")
     switch_iterations: int | None = option(
         None, "Tc: switch to stage 2 after this many stage-1 iterations (the paper: 100-500); None: by queries only"
@@ -65,24 +75,35 @@ class SharpZOConfig(CMAConfig):
     )
     patience: int = option(10, "auto switch: stage-1 iterations in a row without a val-accuracy improvement")
     min_delta: float = option(0.01, "auto switch: an improvement must beat the best val accuracy by more than this")
-    lr: float = option(100.0, "η, constant stage-2 learning rate (chosen on groceries validation, bench/selection.py)")
-    rge_mu: float = option(1e-3, "μr, finite-difference step of the stage-2 probes")
+    lr: float = option(25.0, "η, constant stage-2 learning rate in spreads²/loss (ZO-SGD's, chosen on groceries validation)")
+    mask_lr: Literal["same", "rescaled"] = option(
+        "same", "same: η as dense ZO-SGD; rescaled: η·(d+2)/(k+2) for k kept coordinates (the RGE second-moment ratio)"
+    )
+    rge_mu: float = option(5e-4, "μr, length in spreads of the stage-2 probes (ZO-SGD's)")
     mask_fraction: float = option(0.5, "fraction of coordinates stage 2 updates; 1.0 is dense (no mask queries)")
-    mask_keep: MaskKeep = option("lowest", "keep the lowest scores (authors' code, Sparse-MeZO) or the highest")
+    mask_keep: MaskKeep = option(
+        "highest", "highest: prune the least salient coordinates (masks.py); lowest: the authors' code (Sparse-MeZO)"
+    )
     mask_score: MaskScore = option(
         "zscore", "zscore: w²·z(ĝ²) (paper); zscore-abs: w²·z(|ĝ|) (authors' code); magnitude: w²·ĝ²"
     )
-    mask_mu: float = option(1e-5, "finite-difference step of the mask's CGE")
-    mask_interval: int = option(200, "K: re-score the mask every K stage-2 steps")
-    mask_ema: float = option(0.99, "sharpness='es': decay of the running average of stage-2 estimates for masks")
+    mask_mu: float = option(1e-2, "length in spreads of the mask's CGE probes (floor: estimators.py)")
+    mask_interval: int = option(200, "K: re-score the mask every K stage-2 steps (CGE masks only)")
 
     def __post_init__(self) -> None:
+        require(
+            self.rho_scale != "sigma",
+            "rho_scale='sigma' scaled ε* by σ, not by the population radius σ·√d; use rho_scale='population' "
+            "(ρ is then a fraction of σ·√d; the old ρ is ρ/√d of it)",
+        )
         super().__post_init__()
         require(self.rho >= 0, f"rho must be non-negative, got {self.rho}")
         require(0.0 < self.mask_fraction <= 1.0, f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
-        require(min(self.sharpness_probes, self.patience, self.mask_interval) >= 1, "counts must be at least 1")
-        require(min(self.sharpness_mu, self.rge_mu, self.mask_mu, self.lr) > 0, "steps and lr must be positive")
-        require(0.0 <= self.mask_ema < 1.0, f"mask_ema must be in [0, 1), got {self.mask_ema}")
+        counts = (self.sharpness_probes, self.patience, self.mask_interval, self.shift_generations, self.mask_generations)
+        require(min(counts) >= 1, "counts must be at least 1")
+        require(self.lr > 0, f"lr must be positive, got {self.lr}")
+        for name in ("sharpness_mu", "rge_mu", "mask_mu"):
+            require_resolvable_step(name, getattr(self, name))
         for name in ("switch_iterations", "switch_queries"):
             value = getattr(self, name)
             require(value is None or value >= 0, f"{name} must be non-negative or None, got {value}")
@@ -102,12 +123,11 @@ class SharpZO(Optimizer[SharpZOConfig]):
         self._shift = np.zeros(dim)  # ε* applied to the current generation
         self._candidates = np.zeros((0, dim))  # the current generation, unshifted
         self._probe_directions: np.ndarray | None = None  # for sharpness="rge"
-        self._es_gradient: np.ndarray | None = None  # for sharpness="es"
+        self._es_gradients: list[np.ndarray] = []  # sharpness="es": the latest generations' ES gradients, newest last
         self._val_best = -np.inf
         self._val_stall = 0
         self._descent: RandomDirectionDescent | None = None
         self._mask: np.ndarray | None = None
-        self._mask_gradient = np.zeros(dim)  # the free mask-score source of sharpness="es"
         self._phase: Phase = "population"
         if self._switch_due():
             self._switch()
@@ -127,7 +147,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
         if self._phase == "sharpness":
             theta = self._cma.mean
             if c.sharpness == "cge":
-                return Request(Ask(cge_probes(theta, c.sharpness_mu)), "sharpness")
+                return Request(Ask(cge_probes(theta, w_norm(c.sharpness_mu, self.dim))), "sharpness")
             self._probe_directions = gaussian_directions(self.rng, c.sharpness_probes, self.dim)
             return Request(Ask(rge_probes(theta, c.sharpness_mu, self._probe_directions)), "sharpness")
         if self._phase == "population":
@@ -137,7 +157,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
             return Request(Ask(self._cma.mean[None, :], split="val"), "val")
         assert self._descent is not None
         if self._phase == "mask":
-            return Request(Ask(cge_probes(self._descent.w, c.mask_mu)), "mask")
+            return Request(Ask(cge_probes(self._descent.w, w_norm(c.mask_mu, self.dim))), "mask")
         return Request(Ask(self._descent.probes(self._mask)), "step")
 
     def decline(self) -> bool:
@@ -152,7 +172,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
         c = self.config
         if self._phase == "sharpness":
             if c.sharpness == "cge":
-                gradient = cge_gradient(result.loss, c.sharpness_mu)
+                gradient = cge_gradient(result.loss, w_norm(c.sharpness_mu, self.dim))
             else:
                 assert self._probe_directions is not None
                 gradient = rge_gradient(result.loss, c.sharpness_mu, self._probe_directions)
@@ -164,14 +184,16 @@ class SharpZO(Optimizer[SharpZOConfig]):
             self._absorb_val(float(result.accuracy[0]))
             self._end_iteration()
         elif self._phase == "mask":
-            self._set_mask(cge_gradient(result.loss, c.mask_mu))
+            self._set_mask(cge_gradient(result.loss, w_norm(c.mask_mu, self.dim)))
             self._phase = "step"
         else:
             self._absorb_step(result.loss)
 
     def _absorb_population(self, loss: np.ndarray) -> None:
-        if self.config.sharpness == "es":
-            self._es_gradient = es_gradient(self._candidates, loss, self._cma.mean, self._cma.sigma)
+        c = self.config
+        if c.sharpness == "es":
+            self._es_gradients.append(es_gradient(self._candidates, loss, self._cma.mean, self._cma.sigma))
+            del self._es_gradients[: -max(c.shift_generations, c.mask_generations)]
         self._cma.update(loss)
         self.stage1_iterations += 1
         self.iteration += 1
@@ -193,22 +215,25 @@ class SharpZO(Optimizer[SharpZOConfig]):
         self._descent.step(loss)
         self.stage2_steps += 1
         self.iteration += 1
-        if self._free_masks():
-            ema = self.config.mask_ema
-            self._mask_gradient = ema * self._mask_gradient + (1.0 - ema) * self._descent.gradient
         self._begin_step()
 
     def _radius(self) -> float:
-        scale = 1.0 if self.config.rho_scale == "absolute" else self._cma.sigma
-        return self.config.rho * scale
+        """‖ε*‖ in w space: ρ spreads, or ρ·σ spreads (ρ times the population radius σ·√d)."""
+        length = self.config.rho * (1.0 if self.config.rho_scale == "absolute" else self._cma.sigma)
+        return w_norm(length, self.dim)
+
+    def _es_average(self, generations: int) -> np.ndarray | None:
+        recent = self._es_gradients[-generations:]
+        return np.mean(recent, axis=0) if recent else None
 
     def _start_iteration(self) -> None:
         c = self.config
         if c.rho > 0 and c.sharpness in ("cge", "rge"):
             self._phase = "sharpness"
             return
-        if c.rho > 0 and self._es_gradient is not None:
-            self._shift = sharpness_shift(self._es_gradient, self._radius())
+        average = self._es_average(c.shift_generations)
+        if c.rho > 0 and average is not None:
+            self._shift = sharpness_shift(average, self._radius())
         self._phase = "population"
 
     def _end_iteration(self) -> None:
@@ -226,10 +251,17 @@ class SharpZO(Optimizer[SharpZOConfig]):
         )
 
     def _switch(self) -> None:
-        self._descent = RandomDirectionDescent(self._cma.mean, self.config.lr, self.config.rge_mu, 1, self.rng)
+        c = self.config
+        lr = c.lr
+        if c.mask_lr == "rescaled" and c.mask_fraction < 1.0:
+            kept = max(1, int(c.mask_fraction * self.dim + 0.5))
+            lr *= (self.dim + 2) / (kept + 2)
+        self._descent = RandomDirectionDescent(self._cma.mean, lr, c.rge_mu, 1, self.rng)
         self._cma = None  # megabytes of covariance that every stage-2 checkpoint would otherwise carry
-        if self._free_masks() and self._es_gradient is not None:
-            self._mask_gradient = self._es_gradient
+        if self._free_masks():
+            average = self._es_average(c.mask_generations)
+            self._set_mask(np.zeros(self.dim) if average is None else average)
+        self._es_gradients = []
         self._begin_step()
 
     def _free_masks(self) -> bool:
@@ -238,8 +270,6 @@ class SharpZO(Optimizer[SharpZOConfig]):
     def _begin_step(self) -> None:
         """Choose the next stage-2 phase: a mask refresh is due at the switch and every K steps."""
         refresh = self.config.mask_fraction < 1.0 and self.stage2_steps % self.config.mask_interval == 0
-        if refresh and self._free_masks():
-            self._set_mask(self._mask_gradient)
         self._phase = "mask" if refresh and not self._free_masks() else "step"
 
     def _set_mask(self, gradient: np.ndarray) -> None:

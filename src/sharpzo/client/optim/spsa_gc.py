@@ -14,25 +14,26 @@ import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Request
 from .config import OptimizerConfig, option, require
-from .estimators import gaussian_directions, rademacher_directions, rge_gradient, rge_probes
+from .estimators import gaussian_directions, rademacher_directions, require_resolvable_step, rge_gradient, rge_probes
 
 
 @dataclass(frozen=True)
 class SPSAGCConfig(OptimizerConfig):
     pairs: int = option(5, "two-sided perturbation pairs averaged per step (2·pairs queries a step)")
     perturbation: Literal["rademacher", "gaussian"] = option("rademacher", "distribution of the perturbation entries")
-    a: float = option(1000.0, "learning-rate gain: a_k = a / (k + 1 + A)^alpha (chosen on groceries validation, bench/selection.py)")
+    a: float = option(250.0, "learning-rate gain in spreads²/loss: a_k = a / (k + 1 + A)^alpha (chosen on groceries validation, bench/selection.py)")
     A: float = option(50.0, "stability constant of the learning-rate schedule")
     alpha: float = option(0.602, "learning-rate decay exponent")
-    c: float = option(1e-3, "perturbation gain: c_k = c / (k + 1)^gamma")
+    c: float = option(5e-4, "perturbation length in spreads: c_k = c / (k + 1)^gamma (floor: estimators.py)")
     gamma: float = option(0.101, "perturbation decay exponent")
     momentum: float = option(0.9, "β of the gradient-corrected (look-ahead) momentum; 0 gives plain SPSA")
-    clip_norm: float | None = option(10.0, "clip the gradient estimate to this norm; None disables clipping")
+    clip_norm: float | None = option(20.0, "clip the gradient estimate to this norm (loss per spread·√d); None disables clipping")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.pairs >= 1, f"pairs must be at least 1, got {self.pairs}")
-        require(self.a > 0 and self.c > 0, "a and c must be positive")
+        require(self.a > 0, f"a must be positive, got {self.a}")
+        require_resolvable_step("c", self.c)
         require(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
         require(self.clip_norm is None or self.clip_norm > 0, "clip_norm must be positive or None")
 

@@ -9,17 +9,19 @@ import numpy as np
 from .base import Ask, Evaluation, Info, Optimizer, Request
 from .config import OptimizerConfig, option, require
 from .descent import RandomDirectionDescent
+from .estimators import require_resolvable_step
 
 
 @dataclass(frozen=True)
 class ZOSGDConfig(OptimizerConfig):
-    lr: float = option(100.0, "constant learning rate η of w ← w − η ĝ (chosen on groceries validation, bench/selection.py; w's unit is tiny in ctx space)")
-    mu: float = option(1e-3, "finite-difference step μ of the probes w ± μ u")
+    lr: float = option(25.0, "constant learning rate η of w ← w − η ĝ, in spreads²/loss (chosen on groceries validation, bench/selection.py)")
+    mu: float = option(5e-4, "length μ in spreads of the probes w ± μ u (floor: estimators.py)")
     directions: int = option(1, "q: random directions averaged per step (2q queries a step)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.lr > 0 and self.mu > 0, "lr and mu must be positive")
+        require(self.lr > 0, f"lr must be positive, got {self.lr}")
+        require_resolvable_step("mu", self.mu)
         require(self.directions >= 1, f"directions must be at least 1, got {self.directions}")
 
 
