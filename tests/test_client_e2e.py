@@ -155,3 +155,32 @@ def test_sigterm_stops_the_embedded_server_too(tmp_path) -> None:
     time.sleep(1.0)
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_sharpness_at_the_switch_and_the_end_is_charged_to_the_monitor(reference) -> None:
+    result = json.loads((reference["run"] / "result.json").read_text())
+    assert set(result["sharpness"]) == {"switch", "final"}
+    for measured in result["sharpness"].values():
+        assert np.isfinite(measured["sharpness"]) and measured["queries"] == 17
+    monitors = sum(1 for line in log_lines(reference["run"]) if "val_accuracy" in line)  # 2 queries each
+    assert result["budget"]["monitor_queries"] == 2 * monitors + 2 * 17
+    assert result["queries"] <= BUDGET
+
+
+def test_eval_every_zero_charges_only_the_zero_shot_and_final_evaluations(tmp_path) -> None:
+    spent = {}
+    with EmbeddedServer(**TINY) as server:
+        for name, budget, every in (("short", 20, 0), ("long", 60, 0), ("monitored", 60, 10)):
+            command = [SHARPZO, "tune", "--server", server.url, "--out", str(tmp_path / name), "--dataset", "animals",
+                       "--shots", "2", "--method", "zo-sgd", "--dim", "8", "--budget", str(budget),
+                       "--eval-every", str(every), "--seed", "3", "--no-progress"]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stdout + done.stderr
+            spent[name] = json.loads((tmp_path / name / "result.json").read_text())["budget"]
+    # three times the steps, the same monitor charge: nothing is evaluated per step
+    assert spent["long"]["queries"] == 3 * spent["short"]["queries"] == 60
+    assert spent["long"]["monitor_queries"] == spent["short"]["monitor_queries"]
+    # while --eval-every 10 adds a validation and a test query at 10, 20, ..., 60 queries
+    assert spent["monitored"]["monitor_queries"] == spent["long"]["monitor_queries"] + 2 * 6
+    evaluated = [line["stage"] for line in log_lines(tmp_path / "long") if "val_accuracy" in line]
+    assert evaluated == ["zero-shot", "final"]

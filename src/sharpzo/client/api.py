@@ -91,6 +91,7 @@ class ApiClient:
         backoff: float = 0.5,
         max_backoff: float = 20.0,
         request_candidates: int | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
@@ -98,6 +99,7 @@ class ApiClient:
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=max(concurrency, 1) + 2),
+            transport=transport,  # None: the network; tests pass an httpx.MockTransport
         )
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
