@@ -1,13 +1,18 @@
-"""Requests in flight from several clients are merged into model batches by the micro-batcher."""
+"""Requests in flight from several clients are merged into model batches by the micro-batcher; a lone request
+is not held back for a batch window."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import torch
 
+from sharpzo.server.batcher import BatchStats, LogitsJob, MicroBatcher
+from sharpzo.server.text import ClassSuffixes
 from sharpzo.shared.tensors import Tensor
 
 from .conftest import b64, encoded_image
@@ -44,3 +49,60 @@ def test_concurrent_requests_share_model_batches(tiny_server) -> None:
     # merged or not, each request gets its own candidates' scores
     single = httpx.post(f"{tiny_server.url}/v1/logits", json=bodies[3], timeout=60).json()
     np.testing.assert_allclose(responses[3].json()["loss"], single["loss"], rtol=1e-5)
+
+
+class _FakeEncoder:
+    """Text features from the prompts alone: enough for the batcher, no model needed."""
+
+    device = torch.device("cpu")
+
+    def encode(self, prompts: torch.Tensor, suffixes: ClassSuffixes) -> torch.Tensor:
+        features = prompts.mean(1, keepdim=True).expand(-1, len(suffixes.names), -1)
+        return torch.nn.functional.normalize(features, dim=-1)
+
+
+def _suffixes() -> ClassSuffixes:
+    return ClassSuffixes(("cat", "dog"), 2, torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long), ())
+
+
+def _job(seed: int) -> LogitsJob:
+    prompts = torch.randn(2, 2, 8, generator=torch.Generator().manual_seed(seed))
+    return LogitsJob(prompts, _suffixes(), torch.nn.functional.normalize(torch.randn(3, 8), dim=-1), None, True)
+
+
+def _batches(window_s: float, scenario) -> list[BatchStats]:
+    """Runs ``scenario(batcher)`` against a batcher whose window is far longer than any test would wait."""
+    stats: list[BatchStats] = []
+
+    async def run() -> None:
+        batcher = MicroBatcher(_FakeEncoder(), 10.0, ThreadPoolExecutor(1), window_s, 4, on_batch=stats.append)
+        batcher.start()
+        try:
+            await asyncio.wait_for(scenario(batcher), 60)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(run())
+    return stats
+
+
+def test_an_idle_batcher_does_not_open_the_window() -> None:
+    async def sequential(batcher: MicroBatcher) -> None:
+        for seed in range(3):  # one request at a time, as a ZO-SGD client sends them
+            await batcher.submit(_job(seed))
+
+    stats = _batches(3600.0, sequential)
+    assert [(s.jobs, s.window_opened) for s in stats] == [(1, False)] * 3
+
+
+def test_the_window_opens_for_a_request_on_its_way() -> None:
+    async def two_clients(batcher: MicroBatcher) -> None:
+        with batcher.arriving():  # the second request is still being validated when the first is queued
+            first = asyncio.ensure_future(batcher.submit(_job(0)))
+            for _ in range(5):  # let the batcher take the first job
+                await asyncio.sleep(0)
+        await asyncio.gather(first, batcher.submit(_job(1)))
+
+    # the two jobs fill batch_max_candidates = 4, so the batch runs without waiting the window out
+    stats = _batches(3600.0, two_clients)
+    assert [(s.jobs, s.window_opened) for s in stats] == [(2, True)]

@@ -91,10 +91,14 @@ def test_logits_indices_dtype_and_scores_only(http, info, image_set) -> None:
     assert lean["logits"] is None and len(lean["loss"]) == 2
 
 
+_CODES = {404: "unknown_image_set", 413: "body_too_large", 422: "invalid_request"}  # every 404 here is an image set
+
+
 def _error(response: httpx.Response, status: int, field: str) -> None:
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
     assert isinstance(detail, str) and field in detail, detail
+    assert response.json()["code"] == _CODES[status], response.text
 
 
 @pytest.mark.parametrize(
@@ -136,6 +140,11 @@ def test_body_not_json_and_too_large(http) -> None:
     _error(http.post("/v1/image-sets", content=b"x" * 2_000_001, headers={"content-type": "application/json"}), 413, "body")
 
 
+def test_unknown_route_is_not_found(http) -> None:
+    response = http.get("/v1/nothing-here")
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
+
+
 def test_image_set_bad_input(http) -> None:
     good = b64(encoded_image(1))
     _error(http.post("/v1/image-sets", json={"images": []}), 422, "images")
@@ -156,10 +165,12 @@ def test_health_answers_while_a_big_batch_runs(http, info, image_set, tiny_serve
     big = logits_body(image_set, prompts(info, n=256))
     done = threading.Event()
 
+    statuses: list[int] = []
+
     def load() -> None:
         with httpx.Client(base_url=tiny_server.url, timeout=120) as other:
             for _ in range(3):
-                other.post("/v1/logits", json=big)
+                statuses.append(other.post("/v1/logits", json=big).status_code)
         done.set()
 
     worker = threading.Thread(target=load)
@@ -171,4 +182,5 @@ def test_health_answers_while_a_big_batch_runs(http, info, image_set, tiny_serve
         latencies.append(time.perf_counter() - start)
         time.sleep(0.01)
     worker.join()
+    assert statuses == [200] * 3  # the batches really ran: a 422 is answered at once and proves nothing
     assert latencies and max(latencies) < 1.0

@@ -1,4 +1,5 @@
-"""The fast prompted text path equals open_clip's own full-context forward (spec: <= 1e-5 in fp32)."""
+"""The fast prompted text path equals open_clip's own full-context forward (spec: <= 1e-5 in fp32); cached class
+suffixes change no bit of it."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import torch
 
 from sharpzo.server.model import LoadedModel, UnsupportedModel, check_servable
 from sharpzo.server.project_models import register_project_configs
+from sharpzo.server.scoring import score
 from sharpzo.server.text import PromptedTextEncoder, PromptError
 
 CLASSES = ["Granny Smith apple", "pear", "a much longer class name with several words", "orange", "satsumas"]
 
 
-def encoder_for(name: str, chunk_tokens: int = 65_536) -> PromptedTextEncoder:
+def encoder_for(name: str, chunk_tokens: int = 65_536, suffix_cache_size: int = 64) -> PromptedTextEncoder:
     register_project_configs()
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
@@ -24,7 +26,7 @@ def encoder_for(name: str, chunk_tokens: int = 65_536) -> PromptedTextEncoder:
     tokenizer = open_clip.get_tokenizer(name)
     check_servable(model, tokenizer)
     loaded = LoadedModel(model, tokenizer, preprocess, preprocess, name, None, torch.device("cpu"), torch.float32, "fp32")
-    return PromptedTextEncoder(loaded, chunk_tokens)
+    return PromptedTextEncoder(loaded, chunk_tokens, suffix_cache_size)
 
 
 @pytest.mark.parametrize("name", ["ViT-B-32", "RN50", "sharpzo-tiny", "sharpzo-standin-v1", "sharpzo-standin-v2"])
@@ -51,6 +53,19 @@ def test_other_context_lengths_and_m() -> None:
             prompts = 0.02 * torch.randn(2, m, encoder.width)
             fast = encoder.encode(prompts, encoder.suffixes(CLASSES[:2], m))
             assert (fast - encoder.encode_reference(prompts, CLASSES[:2])).abs().max().item() <= 1e-5
+
+
+def test_cached_suffixes_give_bit_identical_logits() -> None:
+    cached, uncached = encoder_for("sharpzo-tiny"), encoder_for("sharpzo-tiny", suffix_cache_size=0)
+    images = torch.nn.functional.normalize(torch.randn(5, cached.model.text_projection.shape[1]), dim=-1)
+    prompts = 0.02 * torch.randn(2, 4, cached.width)
+    first = cached.suffixes(CLASSES, 4)
+    assert cached.suffixes(list(CLASSES), 4) is first  # a later request with the same class list
+    assert uncached.suffixes(CLASSES, 4) is not uncached.suffixes(CLASSES, 4)
+    with torch.inference_mode():
+        logits = [score(encoder.encode(prompts, encoder.suffixes(CLASSES, 4)), images, 100.0, None, True).logits
+                  for encoder in (cached, cached, uncached)]
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
 
 
 def test_overflowing_class_name_is_named() -> None:

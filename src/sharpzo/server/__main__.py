@@ -40,9 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    """The flags given override the SHARPZO_* environment; raises pydantic's ValidationError."""
+    return ServerSettings(**{name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None})
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    overrides = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from pydantic import ValidationError
 
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     from .model import UnsupportedModel
 
     try:
-        settings = ServerSettings(**overrides)
+        settings = settings_from(args)
         configure_access_log(settings.access_log)
         app = create_app(settings)
     except (UnsupportedModel, ValidationError, KeyConfigError, LedgerError) as exc:

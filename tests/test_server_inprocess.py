@@ -1,0 +1,65 @@
+"""The app in process (create_app with settings, as a deployment calls it): a ledger outage is a 503 the client may
+retry, never a 500; ``sharpzo serve`` flags become settings without touching the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from sharpzo.server.__main__ import parse_args, settings_from
+from sharpzo.server.app import create_app
+from sharpzo.server.ledger import LedgerUnavailable
+from sharpzo.server.settings import ServerSettings
+from sharpzo.shared.tensors import Tensor
+
+from .conftest import TINY, b64, encoded_image
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    settings = ServerSettings(**TINY, auth="off", ledger=str(tmp_path_factory.mktemp("inprocess") / "ledger.sqlite3"))
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _ledger_down(*args: object) -> None:
+    raise LedgerUnavailable("connection refused")
+
+
+def test_a_ledger_outage_is_a_503_with_retry_after(http: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_id = http.post("/v1/image-sets", json={"images": [b64(encoded_image(1))]}).json()["id"]
+    prompts = Tensor.from_numpy(np.zeros((2, 2, 32), np.float32)).model_dump()
+    body = {"image_set": set_id, "class_names": ["cat", "dog"], "prompts": prompts}
+    assert http.post("/v1/logits", json=body).status_code == 200
+    ledger = http.app.state.services.ledger
+    monkeypatch.setattr(ledger, "commit", _ledger_down)  # down at the charge
+    answers = [http.post("/v1/logits", json=body)]
+    monkeypatch.setattr(ledger, "totals", _ledger_down)  # down already at the usage lookup
+    answers += [http.post("/v1/logits", json=body), http.get("/v1/usage")]
+    for response in answers:
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "unavailable" and response.json()["detail"].startswith("ledger:")
+        assert int(response.headers["Retry-After"]) > 0
+
+
+def test_serve_flags_override_settings_without_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SHARPZO_MAX_CLASSES", "9")
+    environment = dict(os.environ)
+    args = parse_args(["--max-candidates", "7", "--auth", "off", "--ledger", str(tmp_path / "l.sqlite3")])
+    settings = settings_from(args)
+    assert (settings.max_candidates, settings.auth, settings.ledger) == (7, "off", str(tmp_path / "l.sqlite3"))
+    assert settings.max_classes == 9  # the environment still counts where no flag is given
+    assert dict(os.environ) == environment
+
+
+def test_serve_flag_help_is_the_settings_description(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("max_candidates", "ledger", "auth"):
+        assert " ".join(ServerSettings.model_fields[name].description.split()) in text
