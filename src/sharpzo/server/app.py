@@ -23,6 +23,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     await services.batcher.stop()
     services.ledger.close()
+    if services.store.shared is not None:
+        services.store.shared.close()
 
 
 def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | None = None) -> FastAPI:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .feature_store import SharedFeatureStore
 from .ledger import Ledger
 from .model import LoadedModel
 
@@ -83,13 +84,18 @@ def concat_set_id(parts: list[str], owner: str) -> str:
 
 
 class ImageSetStore:
-    """Encoded image sets by id, kept in memory (least recently used go first) and optionally on disk."""
+    """Encoded image sets by id, kept in memory (least recently used go first) and optionally on disk and in a
+    feature store shared by replicas, where a set missing from memory is looked up."""
 
-    def __init__(self, loaded: LoadedModel, max_sets: int, max_pixels: int, cache_dir: Path | None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, max_sets: int, max_pixels: int, cache_dir: Path | None,
+        shared: SharedFeatureStore | None = None,
+    ) -> None:
         self.loaded = loaded
         self.max_sets = max_sets
         self.max_pixels = max_pixels
         self.cache_dir = cache_dir
+        self.shared = shared
         self._sets: OrderedDict[str, ImageSet] = OrderedDict()
         self._lock = threading.Lock()
         if cache_dir is not None:
@@ -101,13 +107,13 @@ class ImageSetStore:
             if found is not None:
                 self._sets.move_to_end(set_id)
                 return found
-        if self.cache_dir is None or not set_id.isalnum():
-            return None
-        path = self.cache_dir / f"{set_id}.pt"
-        if not path.is_file():
-            return None
-        features = torch.load(path, map_location=self.loaded.device, weights_only=True)
-        return self._keep(ImageSet(set_id, features))
+        features = None
+        path = None if self.cache_dir is None or not set_id.isalnum() else self.cache_dir / f"{set_id}.pt"
+        if path is not None and path.is_file():
+            features = torch.load(path, map_location=self.loaded.device, weights_only=True)
+        elif self.shared is not None:
+            features = self.shared.load(set_id, self.loaded.device)
+        return None if features is None else self._keep(ImageSet(set_id, features))
 
     def _keep(self, image_set: ImageSet) -> ImageSet:
         with self._lock:
@@ -117,22 +123,29 @@ class ImageSetStore:
                 self._sets.popitem(last=False)
         return image_set
 
-    def _persist(self, image_set: ImageSet) -> ImageSet:
+    def _persist(self, image_set: ImageSet, content: str) -> ImageSet:
         if self.cache_dir is not None:
             torch.save(image_set.features.cpu(), self.cache_dir / f"{image_set.id}.pt")
+        if self.shared is not None:
+            self.shared.save(image_set.id, content, image_set.features)
         return self._keep(image_set)
 
     def concat(self, set_id: str, parts: list[ImageSet]) -> ImageSet:
         """One set holding the parts' features in order; no image is encoded again."""
-        return self.get(set_id) or self._persist(ImageSet(set_id, torch.cat([p.features for p in parts])))
+        # the id is a digest of the parts' ids, themselves digests of their content
+        return self.get(set_id) or self._persist(ImageSet(set_id, torch.cat([p.features for p in parts])), set_id)
 
     def create(self, set_id: str, images: list[str], augment: bool, seed: int) -> ImageSet:
         """Decode, preprocess and encode; runs on the model thread."""
         existing = self.get(set_id)
         if existing is not None:
             return existing
-        decoded = [decode_image(data, i, self.max_pixels) for i, data in enumerate(images)]
-        return self._persist(ImageSet(set_id, encode_images(self.loaded, decoded, augment, seed)))
+        content = set_id if self.shared is None else self.shared.content_key(self.loaded, images, augment, seed)
+        features = None if self.shared is None else self.shared.features(content, self.loaded.device)
+        if features is None:  # images no replica has encoded yet, for any account
+            decoded = [decode_image(data, i, self.max_pixels) for i, data in enumerate(images)]
+            features = encode_images(self.loaded, decoded, augment, seed)
+        return self._persist(ImageSet(set_id, features), content)
 
 
 class OwnedImageSets:

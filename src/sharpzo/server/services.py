@@ -13,6 +13,7 @@ from sharpzo.shared.protocol import Limits, ModelInfo
 
 from .auth import Authenticator, TokenBucket
 from .batcher import MicroBatcher
+from .feature_store import SharedFeatureStore
 from .images import ImageSetStore, OwnedImageSets
 from .keys import configured_keys
 from .ledger import Ledger, open_ledger
@@ -63,7 +64,9 @@ def build_services(settings: ServerSettings, loaded: LoadedModel | None = None) 
     loaded = loaded or load_model(settings)
     chunk = settings.text_chunk_tokens or (65_536 if loaded.device.type == "cuda" else 4096)
     encoder = PromptedTextEncoder(loaded, chunk, settings.suffix_cache_size)
-    store = ImageSetStore(loaded, settings.max_image_sets, settings.max_image_pixels, settings.image_cache_dir)
+    feature_url = settings.feature_store_url()
+    shared = None if feature_url is None else SharedFeatureStore(feature_url)
+    store = ImageSetStore(loaded, settings.max_image_sets, settings.max_image_pixels, settings.image_cache_dir, shared)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
     metrics = Metrics()
     batcher = MicroBatcher(

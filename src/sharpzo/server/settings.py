@@ -70,12 +70,21 @@ class ServerSettings(BaseSettings):
         default="NORMAL",
         description="SQLite synchronous mode: NORMAL survives process crashes; FULL also power loss, at an fsync a request.",
     )
+    feature_store: str | None = Field(
+        default=None,
+        description="Where replicas share image-set features: postgresql://...; unset: the ledger's database when it "
+        "is PostgreSQL, else none (features stay in memory and image_cache_dir). 'none': never shared.",
+    )
     idempotency_window_s: float = Field(
         default=24 * 3600.0, gt=0, description="How long a POST's response is kept for retries with its Idempotency-Key."
     )
     rate_limit_rps: float = Field(default=100.0, gt=0, description="Requests per second per API key, on average.")
     rate_limit_burst: int = Field(default=200, ge=1, description="Requests an API key may send at once.")
     access_log: bool = Field(default=True, description="One JSON line per request on stderr.")
+
+    def feature_store_url(self) -> str | None:
+        url = self.ledger if self.feature_store is None else self.feature_store
+        return url if url.startswith(("postgresql://", "postgres://")) else None
 
     def pretrained_or_none(self) -> str | None:
         if self.pretrained is None:

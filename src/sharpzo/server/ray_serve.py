@@ -1,0 +1,170 @@
+"""The server on Ray Serve: the same `create_app()` behind Ray's HTTP proxy, as N replicas that each load the model
+once and keep their own micro-batcher (``pip install 'sharpzo[scale]'``).
+
+Started by ``sharpzo serve --engine ray --replicas N``, or by ``serve run deploy/ray-serve.yaml`` through
+`build_app`. Replicas share the ledger and the image features through PostgreSQL (``SHARPZO_LEDGER=postgresql://``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+
+# Ray on one host keeps every address on loopback (it reads this on import), and sends nothing home.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+for _name, _value in LOOPBACK_ENV.items():
+    os.environ.setdefault(_name, _value)
+
+from ray import serve  # noqa: E402
+from ray.serve import Application  # noqa: E402
+from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
+
+from .app import create_app  # noqa: E402
+from .metrics import configure_access_log  # noqa: E402
+from .settings import ServerSettings  # noqa: E402
+
+REPLICA_HEADER = "sharpzo-replica"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplicaOptions:
+    replicas: int = 1
+    cpus: float = 1.0  # Ray CPUs reserved per replica; also its torch threads on the CPU unless SHARPZO_THREADS is set
+    gpus: float | None = None  # None: 1 when the model runs on CUDA, else 0
+    max_ongoing_requests: int = 32  # Ray's default of 5 would starve the micro-batcher
+    max_replicas_per_node: int | None = None
+
+
+class _ReplicaHeader:
+    """Names the replica that answered on every response, so a client or a test can tell replicas apart."""
+
+    def __init__(self, app: ASGIApp, replica: str) -> None:
+        self.app = app
+        self.header = (REPLICA_HEADER.encode(), replica.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_named if scope["type"] == "http" else send)
+
+
+@serve.ingress()
+class SharpZOReplica:
+    """One replica: its own model, micro-batcher and model thread, loaded before Ray routes it any request (so
+    ``/v1/health`` through the proxy answers only from a replica whose model is loaded)."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        configure_access_log(settings.access_log)
+        self._app = create_app(settings)
+        self._app.add_middleware(_ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return self._app
+
+    def check_health(self) -> None:
+        """Ray restarts a replica whose micro-batcher has died."""
+        task = self._app.state.services.batcher._task
+        if task is not None and task.done():
+            raise RuntimeError("the micro-batcher stopped")
+
+
+def replica_settings(settings: ServerSettings, options: ReplicaOptions) -> ServerSettings:
+    if settings.threads == 0 and options.cpus >= 1:
+        return settings.model_copy(update={"threads": int(options.cpus)})
+    return settings
+
+
+def _default_gpus(settings: ServerSettings) -> float:
+    """One GPU a replica when the model runs on CUDA: asked for, or 'auto' on a cluster that has GPUs."""
+    import ray
+
+    if settings.device == "auto" and ray.is_initialized():
+        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return 1.0 if settings.device == "cuda" else 0.0
+
+
+def sharpzo_app(settings: ServerSettings, options: ReplicaOptions) -> Application:
+    gpus = options.gpus if options.gpus is not None else _default_gpus(settings)
+    deployment = serve.deployment(
+        SharpZOReplica,
+        name="sharpzo",
+        num_replicas=options.replicas,
+        max_ongoing_requests=options.max_ongoing_requests,
+        ray_actor_options={"num_cpus": options.cpus, "num_gpus": gpus},
+        **({} if options.max_replicas_per_node is None else {"max_replicas_per_node": options.max_replicas_per_node}),
+    )
+    return deployment.bind(replica_settings(settings, options))
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The application builder for ``serve run`` configs: ``args`` holds `ReplicaOptions` fields and a
+    ``settings`` mapping of `ServerSettings` fields (SHARPZO_* variables of the replicas fill the rest)."""
+    fields = {name: args[name] for name in ReplicaOptions.__dataclass_fields__ if name in args}
+    return sharpzo_app(ServerSettings(**args.get("settings", {})), ReplicaOptions(**fields))
+
+
+def serve_on_ray(
+    settings: ServerSettings, options: ReplicaOptions, host: str, port: int, address: str | None,
+    proxy_location: str = "EveryNode",
+) -> None:
+    """Serve until interrupted: on the Ray cluster at ``address`` (``auto``: the one ``ray start`` made here), or on
+    a new single-node one on loopback."""
+    import ray
+
+    from .ledger import open_ledger
+
+    open_ledger(settings.ledger).close()  # a bad ledger fails here, not in every replica Ray retries
+    if not settings.feature_store_url():
+        log.warning("ledger %s is not PostgreSQL: replicas on other hosts cannot share it or image sets",
+                    settings.ledger)
+    ray.init(address=address, **({} if address else {"_node_ip_address": "127.0.0.1", "include_dashboard": False}))
+    serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
+    serve.run(sharpzo_app(settings, options), name="sharpzo", route_prefix="/", blocking=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``sharpzo serve --engine ray``: the Ray flags here, every other ``sharpzo serve`` flag as there."""
+    from pydantic import ValidationError
+
+    from . import __main__ as plain
+    from .keys import KeyConfigError
+    from .ledger import LedgerError
+
+    parser = argparse.ArgumentParser(prog="sharpzo serve --engine ray", add_help=False)
+    parser.add_argument("--replicas", type=int, default=1, help="replicas, each with its own model (default: 1)")
+    parser.add_argument("--replica-cpus", type=float, default=1.0,
+                        help="Ray CPUs per replica, also its torch threads on the CPU (default: 1)")
+    parser.add_argument("--replica-gpus", type=float, default=None,
+                        help="GPUs per replica (default: 1 when the model runs on CUDA, else 0)")
+    parser.add_argument("--max-replicas-per-node", type=int, default=None, help="spread replicas over nodes")
+    parser.add_argument("--max-ongoing-requests", type=int, default=ReplicaOptions.max_ongoing_requests,
+                        help="requests Ray sends one replica at once")
+    parser.add_argument("--ray-address", default=None,
+                        help="a running cluster (auto: the one `ray start` made on this host); unset: a new local one")
+    parser.add_argument("--proxy-location", default="EveryNode", choices=["EveryNode", "HeadOnly", "Disabled"])
+    ours, rest = parser.parse_known_args(argv)
+    args = plain.parse_args(rest)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    options = ReplicaOptions(ours.replicas, ours.replica_cpus, ours.replica_gpus, ours.max_ongoing_requests,
+                             ours.max_replicas_per_node)
+    try:
+        settings = ServerSettings(**{name: getattr(args, name) for name in plain._FLAGS if getattr(args, name) is not None})
+        serve_on_ray(settings, options, args.host, args.port, ours.ray_address, ours.proxy_location)
+    except (ValidationError, KeyConfigError, LedgerError) as exc:
+        print(f"sharpzo serve: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+if __name__ == "__main__":
+    main()
