@@ -11,7 +11,8 @@ from PIL import Image
 
 from sharpzo.client.embedded import EmbeddedServer
 
-from .postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from .ledger_backends import ledger_setting  # noqa: F401  (fixtures)
+from .postgres_server import postgres_server, postgres_url  # noqa: F401
 
 TINY = {"model": "sharpzo-tiny", "pretrained": "none"}
 

@@ -99,7 +99,9 @@ class PostgresServer:
 
     def restart(self) -> None:
         """``pg_ctl restart -m fast``: open connections are cut, transactions in flight abort."""
-        self._run(_binary("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "restart")
+        # -l again: without it the new postmaster writes to (and holds open) our stdout pipe
+        self._run(_binary("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.data_dir / "log"), "-m", "fast", "-w",
+                  "restart")
 
     def stop(self) -> None:
         pid = self.pid

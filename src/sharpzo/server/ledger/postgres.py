@@ -44,9 +44,10 @@ class PostgresDatabase:
     bytes_type = "BYTEA"
     schema_lock = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_ID})"
 
-    def __init__(self, url: str, timeout_s: float = 5.0, max_connections: int = 8) -> None:
-        """``timeout_s`` bounds both connecting and waiting for a free connection: longer than a quick restart of
-        the database, short enough that a request fails with LedgerUnavailable rather than hanging."""
+    def __init__(self, url: str, timeout_s: float = 10.0, open_timeout_s: float = 60.0, max_connections: int = 8) -> None:
+        """``timeout_s`` bounds both connecting and a request's wait for a connection: longer than a quick restart of
+        the database, short enough that a request fails with LedgerUnavailable rather than hanging. Opening waits
+        up to ``open_timeout_s`` for the first connection (a database starting beside the server)."""
         self.location = redacted(url)
         if psycopg is None:
             raise LedgerError(f"ledger {self.location}: PostgreSQL needs psycopg: pip install 'sharpzo[scale]'")
@@ -57,7 +58,9 @@ class PostgresDatabase:
             check=ConnectionPool.check_connection,
         )
         try:
-            self._pool.open(wait=True, timeout=timeout_s)
+            # one direct try first: a refused or rejected connection fails at once, where the pool would retry
+            psycopg.connect(url, connect_timeout=max(int(open_timeout_s), 1)).close()
+            self._pool.open(wait=True, timeout=open_timeout_s)
         except psycopg.OperationalError as exc:
             self._pool.close()
             raise LedgerError(f"ledger {self.location}: cannot connect: {exc}") from exc
