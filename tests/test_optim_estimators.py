@@ -16,7 +16,7 @@ from sharpzo.client.optim.estimators import (
     rge_probes,
     sharpness_shift,
 )
-from sharpzo.client.optim.masks import mask_scores, select_mask, standardise
+from sharpzo.client.optim.masks import kept_gradient_ratio, mask_scores, select_mask, standardise
 
 from .test_optim_support import Quadratic
 
@@ -160,3 +160,26 @@ def test_select_mask_breaks_ties_at_random() -> None:
     kept = np.array([select_mask(np.zeros(10), 0.5, "lowest", rng) for _ in range(200)])
     assert np.all(kept.sum(axis=1) == 5)
     assert 0.3 < kept[:, :5].mean() < 0.7  # not always the first half
+
+
+def heterogeneous_quadratic(d: int) -> tuple[Quadratic, np.ndarray]:
+    """A quadratic whose gradient magnitudes differ across coordinates by a factor of 30, and a w of spread 1."""
+    q = Quadratic(d, seed=11)
+    q.scales = np.random.default_rng(12).permutation(np.geomspace(0.1, 3.0, d))
+    return q, np.random.default_rng(13).standard_normal(d)
+
+
+def test_z_pruning_keeps_the_large_gradient_coordinates_and_a_random_mask_does_not() -> None:
+    d = 200
+    q, w = heterogeneous_quadratic(d)
+    g = q.gradient(w)
+    mu = 1e-2 * np.sqrt(d)  # a 0.01-spread CGE probe
+    estimate = cge_gradient(q(cge_probes(w, mu)), mu)
+    rng = np.random.default_rng(0)
+    ratio = {keep: kept_gradient_ratio(select_mask(mask_scores(w, estimate, "zscore"), 0.5, keep, rng), g)
+             for keep in ("highest", "lowest")}
+    random = [kept_gradient_ratio(select_mask(rng.random(d), 0.5, "highest", rng), g) for _ in range(500)]
+    # a random half keeps the average g² (ratio 0.98, 1%-99% range 0.49-1.44 here); pruning the least salient
+    # keeps 1.84, and keeping the lowest scores 0.16
+    assert np.quantile(random, 0.99) < ratio["highest"]
+    assert ratio["lowest"] < np.quantile(random, 0.01)

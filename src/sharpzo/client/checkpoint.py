@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from sharpzo.shared.protocol import Usage
 
 from .optim import Optimizer
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: optimiser constants in spreads (client/prompt.py)
 
 
 @dataclass
@@ -30,6 +30,7 @@ class LoopState:
     elapsed: float
     zero_shot: dict[str, float]
     tells: int = 0
+    sharpness: dict[str, dict[str, float]] = field(default_factory=dict)  # client/sharpness.py, by where measured
 
     @property
     def monitor_queries(self) -> int:
@@ -74,7 +75,13 @@ def load_checkpoint(path: Path, run_settings: dict[str, Any]) -> LoopState:
             f"{path} was written by a sharpzo version whose classes this one lacks ({exc}); "
             "it cannot resume: start a fresh --out directory"
         ) from exc
-    if saved.get("format") not in (1, CHECKPOINT_FORMAT):
+    if saved.get("format") in (1, 2):
+        raise RuntimeError(
+            f"{path} was written before the optimisers' constants moved to embedding-space units (spreads, "
+            "client/prompt.py): its optimiser state and options are in the old w units and would mean other steps; "
+            "it cannot resume: start a fresh --out directory"
+        )
+    if saved.get("format") != CHECKPOINT_FORMAT:
         raise RuntimeError(f"{path}: unknown checkpoint format {saved.get('format')}; start a fresh --out directory")
     if saved["settings"] != run_settings:
         raise RuntimeError(

@@ -27,6 +27,7 @@ from .checkpoint import LoopState, load_checkpoint, save_checkpoint, trim_log
 from .image_sets import ImageSetCache, RemoteSplit, upload_split
 from .optim import Ask, Evaluation, build_optimizer
 from .progress import TuneProgress
+from .sharpness import SharpnessProbe
 from .prompt import PromptSpace
 from .settings import TuneSettings
 
@@ -45,6 +46,7 @@ class TuneResult:
     wall_seconds: float
     w: np.ndarray = field(repr=False)
     ctx: np.ndarray = field(repr=False)
+    sharpness: dict[str, dict[str, float]] = field(default_factory=dict)  # at the stage switch and the end
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
@@ -120,6 +122,10 @@ class Tuner:
     async def _objective(self, ask: Ask) -> Evaluation:
         return await self.evaluate(ask.points, ask.split)
 
+    async def _sharpness(self, w: np.ndarray) -> dict[str, float]:
+        """client/sharpness.py on the training set; not told to the optimiser, so charged as monitor queries."""
+        return await SharpnessProbe().measure(w, lambda points: self.evaluate(points, "train"))
+
     async def _monitor(self, w: np.ndarray) -> dict[str, float]:
         point = w[None]
         val, test = await self.evaluate(point, "val"), await self.evaluate(point, "test")
@@ -170,8 +176,13 @@ class Tuner:
         opt = state.optimizer
         with TuneProgress(self.settings, self.show_progress) as progress:
             progress.update(opt.queries, opt.stage, None, None, state.best_val)
+            stage = opt.stage
 
             async def after_tell(ask: Ask, result: Evaluation) -> None:
+                nonlocal stage
+                if opt.stage != stage:  # SharpZO's switch: the sharpness where stage 2 starts
+                    state.sharpness["switch"] = await self._sharpness(opt.solution)
+                    stage = opt.stage
                 state.tells += 1
                 entry: dict[str, Any] = {"stage": opt.stage, "split": ask.split, "n": len(ask.points)}
                 best = int(np.argmin(result.loss))
@@ -194,6 +205,7 @@ class Tuner:
                 self.settings.method, len(opt.ask().points), self.settings.budget,
             )
         final = await self._monitor(opt.solution)
+        state.sharpness["final"] = await self._sharpness(opt.solution)
         state.elapsed = time.perf_counter() - started
         self._log({"stage": "final", **final}, state.elapsed)
         self._save()
@@ -242,6 +254,7 @@ class Tuner:
             wall_seconds=state.elapsed,
             w=w,
             ctx=ctx,
+            sharpness=state.sharpness,
         )
         (self.run_dir / "result.json").write_text(json.dumps(result.summary(), indent=1))
         return result

@@ -79,7 +79,7 @@ class SharpZOConfig(CMAConfig):
     mask_lr: Literal["same", "rescaled"] = option(
         "same", "same: η as dense ZO-SGD; rescaled: η·(d+2)/(k+2) for k kept coordinates (the RGE second-moment ratio)"
     )
-    rge_mu: float = option(5e-4, "μr, length in spreads of the stage-2 probes (ZO-SGD's)")
+    rge_mu: float = option(1e-2, "μr, length in spreads of the stage-2 probes (directional derivatives within 5%: estimators.py)")
     mask_fraction: float = option(0.5, "fraction of coordinates stage 2 updates; 1.0 is dense (no mask queries)")
     mask_keep: MaskKeep = option(
         "highest", "highest: prune the least salient coordinates (masks.py); lowest: the authors' code (Sparse-MeZO)"
@@ -141,6 +141,11 @@ class SharpZO(Optimizer[SharpZOConfig]):
     @property
     def stage(self) -> str:
         return "cma" if self._descent is None else "zo"
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """Stage 2's current 0/1 coordinate mask; None while there is none (stage 1, or dense)."""
+        return None if self._mask is None else self._mask.copy()
 
     def _request(self) -> Request:
         c = self.config
