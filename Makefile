@@ -74,3 +74,8 @@ SMOKE_BUDGET ?= 2200
 .PHONY: compose-smoke
 compose-smoke:
 	SMOKE_BUDGET=$(SMOKE_BUDGET) scripts/compose_smoke.sh
+
+# Ray Serve with 2 replicas on a 2-node loopback cluster, a shared PostgreSQL, a replica SIGKILLed mid-run (native, no docker).
+.PHONY: scale-smoke
+scale-smoke: $(DATA_STAMP) postgres
+	VENV=$(VENV) scripts/scale_smoke.sh

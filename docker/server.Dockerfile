@@ -4,8 +4,10 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 # Only the dependency list reaches the install layer below, so that edits elsewhere in
 # pyproject.toml do not reinstall torch (several GB).
 FROM ${BASE_IMAGE} AS requirements
+# the extras to install: "server scale" for Ray Serve and PostgreSQL (docker-compose.scale.yml)
+ARG EXTRAS=server
 COPY pyproject.toml docker/requirements.py /tmp/
-RUN python3 /tmp/requirements.py /tmp/pyproject.toml server >/tmp/requirements.txt
+RUN python3 /tmp/requirements.py /tmp/pyproject.toml ${EXTRAS} >/tmp/requirements.txt
 
 FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \

@@ -84,6 +84,7 @@ step "docker-compose config -q (CPU, and with the GPU override)"
 : >"$WORK/smoke.env" # only the compose files' own defaults here, not the host's .env
 compose config -q
 compose -f "$REPO/docker-compose.gpu.yml" config -q
+compose -f "$REPO/docker-compose.scale.yml" config -q
 gpu_config=$(compose -f "$REPO/docker-compose.gpu.yml" config)
 grep -q 'driver: nvidia' <<<"$gpu_config" || fail "the GPU override lost its device reservation"
 echo "ok"

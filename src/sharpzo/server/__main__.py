@@ -46,6 +46,13 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
+    engine = argparse.ArgumentParser(add_help=False)
+    engine.add_argument("--engine", choices=["uvicorn", "ray"], default="uvicorn")
+    chosen, argv = engine.parse_known_args(argv)
+    if chosen.engine == "ray":  # replicas on Ray Serve (the scale extra): `sharpzo serve --engine ray --help`
+        from .ray_serve import main as serve_on_ray
+
+        return serve_on_ray(argv)
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from pydantic import ValidationError

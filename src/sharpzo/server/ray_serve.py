@@ -1,8 +1,8 @@
 """The server on Ray Serve: the same `create_app()` behind Ray's HTTP proxy, as N replicas that each load the model
 once and keep their own micro-batcher (``pip install 'sharpzo[scale]'``).
 
-Started by ``sharpzo serve --engine ray --replicas N``, or by ``serve run deploy/ray-serve.yaml`` through
-`build_app`. Replicas share the ledger and the image features through PostgreSQL (``SHARPZO_LEDGER=postgresql://``).
+Started by ``sharpzo serve --engine ray --replicas N``. Replicas share the ledger and the image features through
+PostgreSQL (``SHARPZO_LEDGER=postgresql://...``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -107,13 +106,6 @@ def sharpzo_app(settings: ServerSettings, options: ReplicaOptions) -> Applicatio
     return deployment.bind(replica_settings(settings, options))
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """The application builder for ``serve run`` configs: ``args`` holds `ReplicaOptions` fields and a
-    ``settings`` mapping of `ServerSettings` fields (SHARPZO_* variables of the replicas fill the rest)."""
-    fields = {name: args[name] for name in ReplicaOptions.__dataclass_fields__ if name in args}
-    return sharpzo_app(ServerSettings(**args.get("settings", {})), ReplicaOptions(**fields))
-
-
 def serve_on_ray(
     settings: ServerSettings, options: ReplicaOptions, host: str, port: int, address: str | None,
     proxy_location: str = "EveryNode",
@@ -154,12 +146,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="a running cluster (auto: the one `ray start` made on this host); unset: a new local one")
     parser.add_argument("--proxy-location", default="EveryNode", choices=["EveryNode", "HeadOnly", "Disabled"])
     ours, rest = parser.parse_known_args(argv)
+    if {"-h", "--help"} & set(rest):
+        parser.print_help()  # then the flags of plain `sharpzo serve`, which also apply
     args = plain.parse_args(rest)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     options = ReplicaOptions(ours.replicas, ours.replica_cpus, ours.replica_gpus, ours.max_ongoing_requests,
                              ours.max_replicas_per_node)
     try:
-        settings = ServerSettings(**{name: getattr(args, name) for name in plain._FLAGS if getattr(args, name) is not None})
+        settings = plain.settings_from(args)
         serve_on_ray(settings, options, args.host, args.port, ours.ray_address, ours.proxy_location)
     except (ValidationError, KeyConfigError, LedgerError) as exc:
         print(f"sharpzo serve: cannot start: {exc}", file=sys.stderr)
