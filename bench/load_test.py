@@ -30,7 +30,7 @@ MODES = {"micro-batched": {}, "one-at-a-time": {"SHARPZO_BATCH_MAX_CANDIDATES": 
 
 
 async def load(url: str, args: argparse.Namespace, out: Path) -> tuple[int, float]:
-    common = dict(server=url, method=args.method, shots=args.shots, progress=False, eval_every=10**9)
+    common = dict(server=url, method=args.method, shots=args.shots, progress=False, eval_every=0)
     for seed in range(args.clients):  # upload every client's image sets before the clock starts
         await tune_async(args.dataset, budget=0, seed=seed, out=out / f"warmup{seed}", **common)
     started = time.perf_counter()

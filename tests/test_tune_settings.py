@@ -81,6 +81,11 @@ def test_unreadable_checkpoint_says_why(tmp_path: Path) -> None:
     path.write_bytes(b"cnomodule\nGone\n)R.")  # a class that this version lacks
     with pytest.raises(RuntimeError, match=r"classes this one lacks \(No module named 'nomodule'\).*fresh --out"):
         load_checkpoint(path, TuneSettings().run_settings())
+    # format 1, whose state held sharpzo.client.api.Budget, a class that is gone: refused with its reason
+    budget = b"csharpzo.client.api\nBudget\n)\x81"
+    path.write_bytes(b"\x80\x02}(X\x06\x00\x00\x00formatK\x01X\x05\x00\x00\x00state" + budget + b"u.")
+    with pytest.raises(RuntimeError, match="written before the optimisers' constants moved"):
+        load_checkpoint(path, TuneSettings().run_settings())
     path.write_bytes(pickle.dumps({"format": 99, "settings": {}, "state": None}))
     with pytest.raises(RuntimeError, match="unknown checkpoint format 99"):
         load_checkpoint(path, TuneSettings().run_settings())

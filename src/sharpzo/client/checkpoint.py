@@ -1,9 +1,9 @@
 """A run's ``checkpoint.pkl``: the loop state, written atomically, read back with its settings checked.
 
-Format 2 keeps what the server charged as one ``Usage``. Format 1 (written before the
-budget moved into the optimiser's loop) kept a ``Budget`` of its own; it is converted on
-reading, so its runs resume. A checkpoint that this version cannot read is an error that
-says so, never a traceback from inside pickle.
+The state keeps what the server charged as one ``Usage``. Older formats are refused with
+the reason: 1 kept a ``Budget`` class of its own (mapped here only so that its format can be
+read), and 1 and 2 hold optimiser state in the old w units. A checkpoint that this version
+cannot read is an error that says so, never a traceback from inside pickle.
 """
 
 from __future__ import annotations
@@ -39,12 +39,7 @@ class LoopState:
 
 
 class _FormatOneBudget:
-    """What format 1 pickled as ``sharpzo.client.api.Budget``; read only to be converted."""
-
-    queries: int
-    monitor_queries: int
-    image_evals: int
-    requests: int
+    """What format 1 pickled as ``sharpzo.client.api.Budget``: unpickled only to reach the format and refuse it."""
 
 
 _RENAMED = {
@@ -89,11 +84,6 @@ def load_checkpoint(path: Path, run_settings: dict[str, Any]) -> LoopState:
             "resume with the same options, or start a fresh --out directory"
         )
     state: LoopState = saved["state"]
-    if saved["format"] == 1:
-        old: _FormatOneBudget = state.__dict__.pop("budget")
-        state.charged = Usage(
-            queries=old.queries + old.monitor_queries, image_evals=old.image_evals, requests=old.requests
-        )
     return state
 
 
