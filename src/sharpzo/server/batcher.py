@@ -165,4 +165,6 @@ class MicroBatcher:
                     except Exception as exc:
                         outcomes[i] = exc
                     start += count
+        if self.encoder.device.type == "cuda":  # so that the batch's time is its kernels' time, not their launch
+            torch.cuda.synchronize(self.encoder.device)
         return outcomes
