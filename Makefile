@@ -9,7 +9,7 @@ BUDGET ?= 3000
 # SharpZO options for the demo, chosen on the validation set (selection seed 100; see BENCHMARKS.md):
 # query-efficient sharpness (ES gradient), stage 2 after a third of the budget, lr/sigma0 from the peers' selection.
 DEMO_SWITCH ?= $(shell echo $$(( $(BUDGET) / 3 )))
-DEMO_OPTS ?= --opt sharpness=es --opt switch_queries=$(DEMO_SWITCH) --opt lr=100 --opt sigma0=3.0
+DEMO_OPTS ?= --opt sharpness=es --opt switch_queries=$(DEMO_SWITCH) --opt lr=25 --opt sigma0=1.5
 
 .PHONY: install data postgres test demo pretrain zeroshot bench-server clean help
 

@@ -183,3 +183,12 @@ def test_z_pruning_keeps_the_large_gradient_coordinates_and_a_random_mask_does_n
     # keeps 1.84, and keeping the lowest scores 0.16
     assert np.quantile(random, 0.99) < ratio["highest"]
     assert ratio["lowest"] < np.quantile(random, 0.01)
+
+
+def test_a_step_below_the_fp32_floor_is_refused() -> None:
+    from sharpzo.client.optim import build_optimizer
+
+    with pytest.raises(ValueError, match="below the fp32 floor"):
+        build_optimizer("sharpzo", 4, mask_mu=1e-5)
+    with pytest.raises(ValueError, match="below the fp32 floor"):
+        build_optimizer("zo-sgd", 4, mu=1e-5)
