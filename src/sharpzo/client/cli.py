@@ -17,8 +17,8 @@ from rich.table import Table
 from sharpzo.data.catalog import DATASETS
 from sharpzo.data.locate import DatasetNotInstalledError
 
-from .install_check import ServerNotInstalled, require_server
 from .flags import add_setting_flags, optimizer_help, preset_help, settings_from_args
+from .install_check import ServerNotInstalled, require_server
 from .settings import presets
 
 console = Console()
