@@ -101,12 +101,18 @@ class ImageSetStore:
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
 
-    def get(self, set_id: str) -> ImageSet | None:
+    def in_memory(self, set_id: str) -> ImageSet | None:
+        """The set if memory holds it: no file or network, so callers need no thread for it."""
         with self._lock:
             found = self._sets.get(set_id)
             if found is not None:
                 self._sets.move_to_end(set_id)
-                return found
+            return found
+
+    def get(self, set_id: str) -> ImageSet | None:
+        found = self.in_memory(set_id)
+        if found is not None:
+            return found
         features = None
         path = None if self.cache_dir is None or not set_id.isalnum() else self.cache_dir / f"{set_id}.pt"
         if path is not None and path.is_file():
@@ -160,8 +166,11 @@ class OwnedImageSets:
         found = self._owners.get(set_id) or await asyncio.to_thread(self.ledger.image_set_owner, set_id)
         if found is not None:
             self._owners[set_id] = found
-        # not on the model thread: a lookup must not wait behind a running batch
-        return None if found != owner else await asyncio.to_thread(self.store.get, set_id)
+        if found != owner:
+            return None
+        # a set only on disk or in the shared store is read on a thread, and never on the model thread: a
+        # lookup must not wait behind a running batch
+        return self.store.in_memory(set_id) or await asyncio.to_thread(self.store.get, set_id)
 
     async def record(self, image_set: ImageSet, owner: str) -> None:
         await asyncio.to_thread(self.ledger.own_image_set, image_set.id, owner)
