@@ -6,10 +6,6 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DATA_STAMP := $(VENV)/.data-installed
 BUDGET ?= 3000
-# SharpZO options for the demo, chosen on the validation set (selection seed 100; see BENCHMARKS.md):
-# query-efficient sharpness (ES gradient), stage 2 after a third of the budget, lr/sigma0 from the peers' selection.
-DEMO_SWITCH ?= $(shell echo $$(( $(BUDGET) / 3 )))
-DEMO_OPTS ?= --opt sharpness=es --opt switch_queries=$(DEMO_SWITCH) --opt lr=25 --opt sigma0=1.5
 
 .PHONY: install data postgres test demo pretrain zeroshot bench-server clean help
 
@@ -54,7 +50,7 @@ test: $(DATA_STAMP) postgres
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(DATA_STAMP)
-	$(VENV)/bin/sharpzo tune --dataset groceries --shots 16 --method sharpzo --budget $(BUDGET) $(DEMO_OPTS) --eval-every 250 --seed 0 --out runs/demo
+	$(VENV)/bin/sharpzo tune --dataset groceries --shots 16 --method sharpzo --budget $(BUDGET) --eval-every 250 --seed 0 --out runs/demo
 
 pretrain: $(DATA_STAMP)
 	$(PY) -m sharpzo.tools.pretrain $(if $(wildcard runs/pretrain/sharpzo-standin-v2/state.pt),--resume)

@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # Every SharpZO-vs-peers benchmark in BENCHMARKS.md, in the order it was run (2026-11-24, 2 shared cores).
+# The option values are in the units of that date: since the SharpZO-units change (2026-12-02) every
+# step-like constant is in spreads, so today's equivalents are lr/4, sigma0/2, bound/2, SPSA a/4 and
+# c/2, mu/2 (BENCHMARKS.md, "SharpZO units and estimators"), and the default model is stand-in v2.
+# To replay these exact runs, check out commit 8005024 (the last before both changes).
 # Run from the repository root. Finished runs are skipped, so an interrupted script can simply be started again.
 # Stage by stage: `bash bench/run_benchmarks.sh select|select-sharpzo|coop|groceries|fashion-mnist|ablations|groceries-20k|fashion-mnist-20k|all`.
 set -euo pipefail

@@ -9,7 +9,7 @@ import pytest
 
 from sharpzo.client.optim import Ask, Evaluation, SharpZO, build_optimizer
 
-from .test_optim_support import Quadratic, evaluate, run_rounds
+from .test_optim_support import Quadratic, evaluate, run, run_rounds
 
 D, S = 6, 8
 
@@ -51,6 +51,15 @@ def test_rho_zero_is_plain_cma_and_dense_stage_2_asks_no_mask() -> None:
     opt = sharpzo(switch_iterations=2, rho=0.0, mask_fraction=1.0)
     assert ask_sizes(opt, 2 + 3) == [S, S, 2, 2, 2]
     assert "mask" not in opt.spent and "sharpness" not in opt.spent
+
+
+def test_default_switch_is_a_third_of_the_run_budget() -> None:
+    """Both stages run at the defaults: stage 1 ends at the first iteration end past budget / 3."""
+    opt = sharpzo(sharpness="es", mask_fraction=1.0)
+    budget = 3 * 4 * S + 20  # a third of it is passed after the 5th generation of S
+    sizes = [len(a.points) for a in run(opt, Quadratic(D, seed=1), budget)]
+    assert sizes[:5] == [S] * 5 and sizes[5:] == [2] * ((budget - 5 * S) // 2)
+    assert 5 * S >= budget / 3 > 4 * S
 
 
 def test_switch_by_queries_happens_at_the_first_iteration_end_past_the_threshold() -> None:

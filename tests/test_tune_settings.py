@@ -60,9 +60,11 @@ def test_presets_are_valid_and_flags_override_them() -> None:
         assert preset["help"]
         TuneSettings.build(name)  # validated: known fields, method and optimiser options
     demo = parse("--preset", "demo")
-    assert demo.budget == presets()["demo"]["settings"]["budget"] and demo.options
-    overridden = parse("--preset", "demo", "--budget", "50", "--opt", "lr=7")
-    assert overridden.budget == 50 and overridden.options == {**demo.options, "lr": 7}
+    assert demo.budget == presets()["demo"]["settings"]["budget"] and demo.eval_every == 250
+    paper = parse("--preset", "sharpzo-paper")
+    assert paper.options == presets()["sharpzo-paper"]["settings"]["options"]
+    overridden = parse("--preset", "sharpzo-paper", "--budget", "50", "--opt", "lr=7")
+    assert overridden.budget == 50 and overridden.options == {**paper.options, "lr": 7}
 
 
 def test_bad_options_are_refused_with_the_known_names() -> None:

@@ -64,6 +64,7 @@ class Optimizer(ABC, Generic[ConfigT]):
         self.best_loss = float("inf")  # lowest train loss of any evaluated point
         self.best_point: np.ndarray | None = None
         self._pending: Request | None = None
+        self.budget: int | None = None  # the run's query budget, once a loop has been given one
 
     def ask(self) -> Ask:
         if self._pending is None:
@@ -104,6 +105,7 @@ class Optimizer(ABC, Generic[ConfigT]):
 
     def rounds(self, budget: int | None = None, limit: int | None = None) -> Iterator[Ask]:
         """The asks to evaluate, until ``stop(budget)`` or ``limit`` rounds; tell each before the next."""
+        self.budget = budget
         done = 0
         while (limit is None or done < limit) and not self.stop(budget):
             yield self.ask()

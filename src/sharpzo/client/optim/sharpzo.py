@@ -67,8 +67,9 @@ class SharpZOConfig(CMAConfig):
     switch_iterations: int | None = option(
         None, "Tc: switch to stage 2 after this many stage-1 iterations (the paper: 100-500); None: by queries only"
     )
-    switch_queries: int | None = option(
-        3000, "also switch once this many queries (all kinds) have been spent; about 1/3 of the budget did best on validation"
+    switch_queries: int | None = option(None, "also switch once this many queries (all kinds) have been spent")
+    switch_fraction: float | None = option(
+        1 / 3, "also switch once this share of the run's budget is spent (about 1/3 did best on validation); None: off"
     )
     auto_switch: bool = option(
         False, "switch once validation accuracy of the CMA mean stalls (1 val query an iteration)"
@@ -107,6 +108,10 @@ class SharpZOConfig(CMAConfig):
         for name in ("switch_iterations", "switch_queries"):
             value = getattr(self, name)
             require(value is None or value >= 0, f"{name} must be non-negative or None, got {value}")
+        require(
+            self.switch_fraction is None or 0 <= self.switch_fraction <= 1,
+            f"switch_fraction must be in [0, 1] or None, got {self.switch_fraction}",
+        )
 
 
 class SharpZO(Optimizer[SharpZOConfig]):
@@ -252,6 +257,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
         return (
             (c.switch_iterations is not None and self.stage1_iterations >= c.switch_iterations)
             or (c.switch_queries is not None and self.queries >= c.switch_queries)
+            or (c.switch_fraction is not None and self.budget is not None and self.queries >= c.switch_fraction * self.budget)
             or (c.auto_switch and self._val_stall >= c.patience)
         )
 
