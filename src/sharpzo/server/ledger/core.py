@@ -121,9 +121,11 @@ class Ledger:
         self._prune_at = 0.0
         try:
             self._migrate()
-        except LedgerUnavailable as exc:
+        except BaseException as exc:
             db.close()
-            raise LedgerError(f"ledger {db.location}: {exc}") from exc
+            if isinstance(exc, LedgerUnavailable):
+                raise LedgerError(f"ledger {db.location}: {exc}") from exc
+            raise
 
     def _migrate(self) -> None:
         with self._db.transaction() as execute:
@@ -163,13 +165,13 @@ class Ledger:
 
     def keys(self) -> list[StoredKey]:
         rows = self._db.run("SELECT name, quota, created, revoked FROM api_keys ORDER BY created")
-        return [StoredKey(*row) for row in rows]  # type: ignore[arg-type]
+        return [StoredKey(*row) for row in rows]
 
     def find_key(self, key_hash: str) -> StoredKey | None:
         """The live (not revoked) key with this hash."""
         rows = self._db.run("SELECT name, quota, created, revoked FROM api_keys WHERE key_hash = ? AND revoked IS NULL",
                             (key_hash,))
-        return StoredKey(*rows[0]) if rows else None  # type: ignore[arg-type]
+        return StoredKey(*rows[0]) if rows else None
 
     # --- usage
 
@@ -233,7 +235,7 @@ class Ledger:
             "SELECT fingerprint, body FROM responses WHERE account = ? AND idempotency_key = ? AND created >= ?",
             (account, key, not_before),
         )
-        return Replayable(key, str(rows[0][0]), zlib.decompress(bytes(rows[0][1]))) if rows else None  # type: ignore[arg-type]
+        return Replayable(key, str(rows[0][0]), zlib.decompress(bytes(rows[0][1]))) if rows else None
 
     def replayable(self, account: str, key: str, window_s: float) -> Replayable | None:
         """The response kept under ``key`` within the last ``window_s`` seconds."""

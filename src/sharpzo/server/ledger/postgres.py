@@ -13,7 +13,7 @@ try:
     import psycopg
     from psycopg_pool import ConnectionPool
 except ImportError:  # the scale extra is optional; open_ledger reports it for a postgresql:// ledger only
-    psycopg = None  # type: ignore[assignment]
+    psycopg = None
 
 # pg_advisory_xact_lock key that serialises schema set-up of replicas starting together ("sharpzo" in hex).
 _SCHEMA_LOCK_ID = 0x736861727A6F
@@ -67,7 +67,7 @@ class PostgresDatabase:
 
     @staticmethod
     def _execute(connection: psycopg.Connection, sql: str, params: Sequence[object] = ()) -> list[Row]:
-        cursor = connection.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+        cursor = connection.execute(sql.replace("?", "%s"), params)
         return cursor.fetchall() if cursor.description is not None else []
 
     def run(self, sql: str, params: Sequence[object] = ()) -> list[Row]:

@@ -13,13 +13,20 @@ from typing import Literal
 from .core import DuplicateRow, Execute, LedgerError, LedgerUnavailable, Row
 
 
+# Errors that may pass on retry: locked past busy_timeout, an I/O error, a full disk.
+_TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL")
+
+
 @contextmanager
 def _translated() -> Iterator[None]:
     try:
         yield
     except sqlite3.IntegrityError as exc:
         raise DuplicateRow(str(exc)) from exc
-    except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk full or I/O error
+    except sqlite3.OperationalError as exc:
+        # Python 3.10 names no errors: there every OperationalError counts as transient
+        if not getattr(exc, "sqlite_errorname", _TRANSIENT[0]).startswith(_TRANSIENT):
+            raise
         raise LedgerUnavailable(f"SQLite: {exc}") from exc
 
 
