@@ -108,10 +108,10 @@ def sharpzo_app(settings: ServerSettings, options: ReplicaOptions) -> Applicatio
 
 def serve_on_ray(
     settings: ServerSettings, options: ReplicaOptions, host: str, port: int, address: str | None,
-    proxy_location: str = "EveryNode",
+    proxy_location: str = "EveryNode", node_ip_address: str = "127.0.0.1",
 ) -> None:
     """Serve until interrupted: on the Ray cluster at ``address`` (``auto``: the one ``ray start`` made here), or on
-    a new single-node one on loopback."""
+    a new single-node one on loopback; ``node_ip_address`` is this host's Ray node."""
     import ray
 
     from .ledger import open_ledger
@@ -120,7 +120,7 @@ def serve_on_ray(
     if not settings.feature_store_url():
         log.warning("ledger %s is not PostgreSQL: replicas on other hosts cannot share it or image sets",
                     settings.ledger)
-    ray.init(address=address, **({} if address else {"_node_ip_address": "127.0.0.1", "include_dashboard": False}))
+    ray.init(address=address, _node_ip_address=node_ip_address, **({} if address else {"include_dashboard": False}))
     serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
     serve.run(sharpzo_app(settings, options), name="sharpzo", route_prefix="/", blocking=True)
 
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="requests Ray sends one replica at once")
     parser.add_argument("--ray-address", default=None,
                         help="a running cluster (auto: the one `ray start` made on this host); unset: a new local one")
+    parser.add_argument("--node-ip-address", default="127.0.0.1", help="this host's Ray node (default: 127.0.0.1)")
     parser.add_argument("--proxy-location", default="EveryNode", choices=["EveryNode", "HeadOnly", "Disabled"])
     ours, rest = parser.parse_known_args(argv)
     if {"-h", "--help"} & set(rest):
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
                              ours.max_replicas_per_node)
     try:
         settings = plain.settings_from(args)
-        serve_on_ray(settings, options, args.host, args.port, ours.ray_address, ours.proxy_location)
+        serve_on_ray(settings, options, args.host, args.port, ours.ray_address, ours.proxy_location,
+                     ours.node_ip_address)
     except (ValidationError, KeyConfigError, LedgerError) as exc:
         print(f"sharpzo serve: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
