@@ -15,9 +15,9 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,31 +25,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sharpzo.client.embedded import free_port  # noqa: E402
-from sharpzo.client.runner import tune_async  # noqa: E402
 from tests.postgres_server import running_postgres  # noqa: E402
+
+from load_test import load  # noqa: E402  (bench/: the same load of concurrent tuning clients)
 
 _LOGITS = re.compile(r"POST /v1/logits (\d{3}) ([0-9.]+)ms")
 
 
-async def load(url: str, args: argparse.Namespace, out: Path) -> tuple[int, float]:
-    common = dict(server=url, method="zo-sgd", shots=args.shots, progress=False, eval_every=10**9)
-    for seed in range(args.clients):  # every client's image sets uploaded before the clock starts
-        await tune_async(args.dataset, budget=0, seed=seed, out=out / f"warmup{seed}", **common)
-    started = time.perf_counter()
-    results = await asyncio.gather(*(
-        tune_async(args.dataset, budget=args.budget, seed=i, out=out / f"client{i}", **common)
-        for i in range(args.clients)
-    ))
-    return sum(r.queries for r in results), time.perf_counter() - started
-
-
 def replica_log_lines(ray_dir: Path) -> dict[Path, int]:
-    return {path: len(path.read_text().splitlines()) for path in ray_dir.glob("session_*/logs/serve/replica_*.log")}
+    return {path: len(path.read_text().splitlines()) for path in ray_dir.glob("ray/session_latest/logs/serve/replica_*.log")}
 
 
 def latencies_since(ray_dir: Path, seen: dict[Path, int]) -> list[float]:
     found: list[float] = []
-    for path in ray_dir.glob("session_*/logs/serve/replica_*.log"):
+    for path in ray_dir.glob("ray/session_latest/logs/serve/replica_*.log"):
         for line in path.read_text().splitlines()[seen.get(path, 0):]:
             match = _LOGITS.search(line)
             if match:
@@ -62,6 +51,7 @@ def latencies_since(ray_dir: Path, seen: dict[Path, int]) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--method", default="zo-sgd")
     parser.add_argument("--budget", type=int, default=600, help="queries per client and round")
     parser.add_argument("--dataset", default="groceries")
     parser.add_argument("--shots", type=int, default=16)
@@ -103,6 +93,7 @@ def main() -> None:
         finally:
             serve.shutdown()
             ray.shutdown()
+            shutil.rmtree(ray_dir, ignore_errors=True)
     ratio = float(np.median([r["2"]["queries_per_s"] / r["1"]["queries_per_s"] for r in rounds]))
     median = {n: {key: float(np.median([r[n][key] for r in rounds])) for key in rounds[0][n]} for n in ("1", "2")}
     summary = {"clients": args.clients, "budget": args.budget, "dataset": args.dataset, "shots": args.shots,

@@ -40,7 +40,7 @@ def ray_server(postgres_url: str) -> Iterator[str]:
            "SHARPZO_API_KEYS": ",".join(f"{name}:{key}:1000" for name, key in KEYS.items())}
     log = open(folder / "serve.log", "wb")
     driver = subprocess.Popen(
-        [sys.executable, "-m", "sharpzo.server.ray_serve", "--replicas", "2", "--replica-cpus", "0.5",
+        [sys.executable, "-m", "sharpzo.server", "--engine", "ray", "--replicas", "2", "--replica-cpus", "0.5",
          "--proxy-location", "HeadOnly", "--port", str(port), "--ledger", postgres_url, "--auth", "on"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
