@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,38 +32,30 @@ from sharpzo.server.project_models import DEFAULT_MODEL, manifest_for, register_
 STATE_FORMAT = 2
 
 
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Everything that decides the trajectory; a resumed run must use the same values."""
 
-    model: str = DEFAULT_MODEL
-    steps: int = 1000
-    seed: int = 0
-    lr: float = 1e-3
-    logit_scale_start: float = 1 / 0.07
-    logit_scale_end: float = 100.0
-    logit_scale_ramp: float = 0.5
-    group_size: int = 32
-    groups: int = 4
-    primary_share: float = 0.4
-    max_per_dataset: int = 15000
-    threads: int = 2
-
-
-_HELP = {
-    "model": "open_clip model name of a config in model_configs/",
-    "steps": "length of the lr schedule in optimiser steps; the run always goes to its end",
-    "seed": "seed of the corpus subsample, the batches, the augmentation and the initial weights",
-    "lr": "peak AdamW learning rate",
-    "logit_scale_start": "logit scale at step 0 (CLIP's initial 1/0.07)",
-    "logit_scale_end": "logit scale reached at the end of the ramp and held to the end (CLIP's clamp: 100)",
-    "logit_scale_ramp": "share of the schedule over which the logit scale rises, log-linearly, from start to end",
-    "group_size": "classes per contrastive group, all distinct",
-    "groups": "groups per batch (batch = groups x group size)",
-    "primary_share": f"share of each group taken from {PRIMARY}",
-    "max_per_dataset": "train images kept per dataset (seeded subsample)",
-    "threads": "torch CPU threads (part of the schedule: a different count rounds differently)",
-}
+    model: str = _setting(DEFAULT_MODEL, "open_clip model name of a config in model_configs/")
+    steps: int = _setting(1000, "length of the lr schedule in optimiser steps; the run always goes to its end")
+    seed: int = _setting(0, "seed of the corpus subsample, the batches, the augmentation and the initial weights")
+    lr: float = _setting(1e-3, "peak AdamW learning rate")
+    logit_scale_start: float = _setting(1 / 0.07, "logit scale at step 0 (CLIP's initial 1/0.07)")
+    logit_scale_end: float = _setting(
+        100.0, "logit scale reached at the end of the ramp and held to the end (CLIP's clamp: 100)"
+    )
+    logit_scale_ramp: float = _setting(
+        0.5, "share of the schedule over which the logit scale rises, log-linearly, from start to end"
+    )
+    group_size: int = _setting(32, "classes per contrastive group, all distinct")
+    groups: int = _setting(4, "groups per batch (batch = groups x group size)")
+    primary_share: float = _setting(0.4, f"share of each group taken from {PRIMARY}")
+    max_per_dataset: int = _setting(15000, "train images kept per dataset (seeded subsample)")
+    threads: int = _setting(2, "torch CPU threads (part of the schedule: a different count rounds differently)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,9 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for name, default in asdict(Schedule()).items():
+    for setting in fields(Schedule):
         parser.add_argument(
-            f"--{name.replace('_', '-')}", type=type(default), default=None, help=f"{_HELP[name]} (default {default})"
+            f"--{setting.name.replace('_', '-')}", type=type(setting.default), default=None,
+            help=f"{setting.metadata['help']} (default {setting.default})",
         )
     parser.add_argument("--run-dir", type=Path, default=None, help="state and log folder (default runs/pretrain/MODEL)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
