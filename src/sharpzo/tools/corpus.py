@@ -28,6 +28,23 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a photo of the {}.",
     "a {}.",
 )
+# Captions in each dataset's own words, as web captions name a picture's kind as well as its subject: a
+# prompt's context then says something the class name does not, so the text tower learns to use it.
+DOMAIN_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "groceries": (
+        "a photo of a {}, a type of fruit.",
+        "a photo of a {} on a shelf in a grocery store.",
+        "a {} in the fruit section of a supermarket.",
+        "fresh {} for sale.",
+    ),
+    "mnist": ("a handwritten {}.", "a black and white scan of a handwritten {}.", "the {}, written by hand."),
+    "fashion-mnist": (
+        "a grayscale photo of a {}, an item of clothing.",
+        "a small picture of a {} from an online shop.",
+        "a {}, something to wear.",
+    ),
+    "animals": ("a black silhouette of a {}.", "the outline of a {}, an animal.", "a {} drawn as a flat shape."),
+}
 # The photo dataset: few images but the finest classes, so it gets a fixed share of every group.
 PRIMARY = "groceries"
 
@@ -83,9 +100,11 @@ class GroupSampler:
     """
 
     def __init__(
-        self, parts: list[CorpusPart], group_size: int, groups: int, primary_share: float, seed: int
+        self, parts: list[CorpusPart], group_size: int, groups: int, primary_share: float, seed: int,
+        domain_share: float = 0.0,
     ) -> None:
         self.parts = parts
+        self.domain_share = domain_share
         self.groups = groups
         self.n_primary = round(primary_share * group_size)
         self.n_other = group_size - self.n_primary
@@ -112,6 +131,12 @@ class GroupSampler:
                 part = self.parts[part_index]
                 image = part.images[int(self.rng.choice(self.members[part_index][label]))].float()
                 images.append(self.augment(image) if part_index == 0 else image)
-                template = CAPTION_TEMPLATES[int(self.rng.integers(len(CAPTION_TEMPLATES)))]
-                captions.append(template.format(part.class_names[label]))
+                captions.append(self._template(part.name).format(part.class_names[label]))
         return Batch(torch.stack(images), captions)
+
+    def _template(self, dataset: str) -> str:
+        # no draw at all at share 0, so that runs without domain captions keep their random stream
+        if self.domain_share > 0 and self.rng.random() < self.domain_share:
+            own = DOMAIN_TEMPLATES[dataset]
+            return own[int(self.rng.integers(len(own)))]
+        return CAPTION_TEMPLATES[int(self.rng.integers(len(CAPTION_TEMPLATES)))]

@@ -26,7 +26,7 @@ import numpy as np
 import open_clip
 import torch
 
-from .corpus import CAPTION_TEMPLATES, PRIMARY, CorpusPart, GroupSampler, build_corpus
+from .corpus import CAPTION_TEMPLATES, DOMAIN_TEMPLATES, PRIMARY, CorpusPart, GroupSampler, build_corpus
 from sharpzo.server.project_models import DEFAULT_MODEL, manifest_for, register_project_configs, weights_for
 
 STATE_FORMAT = 2
@@ -53,9 +53,17 @@ class Schedule:
     )
     group_size: int = _setting(32, "classes per contrastive group, all distinct")
     groups: int = _setting(4, "groups per batch (batch = groups x group size)")
-    primary_share: float = _setting(0.4, f"share of each group taken from {PRIMARY}")
+    primary_share: float = _setting(0.25, f"share of each group taken from {PRIMARY}")
+    domain_captions: float = _setting(
+        0.0, "share of captions in their dataset's own words ('a photo of a {}, a type of fruit.') "
+        "instead of the generic templates"
+    )
     max_per_dataset: int = _setting(15000, "train images kept per dataset (seeded subsample)")
-    threads: int = _setting(2, "torch CPU threads (part of the schedule: a different count rounds differently)")
+    threads: int = _setting(1, "torch CPU threads (part of the schedule: a different count rounds differently)")
+
+
+# What a run saved before a setting existed did in its place.
+_BEFORE_IT_EXISTED: dict[str, Any] = {"domain_captions": 0.0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,6 +93,7 @@ def resolve_schedule(args: argparse.Namespace, saved: dict[str, Any] | None) -> 
     given = {k: getattr(args, k) for k in asdict(Schedule()) if getattr(args, k) is not None}
     if saved is None:
         return Schedule(**given)
+    saved = _BEFORE_IT_EXISTED | saved
     clashes = {k: (v, saved[k]) for k, v in given.items() if v != saved[k]}
     if clashes:
         listed = ", ".join(f"--{k.replace('_', '-')} {new} (run has {old})" for k, (new, old) in clashes.items())
@@ -291,6 +300,7 @@ def export(trainer: Trainer, out: Path, parts: list[CorpusPart], prep_seconds: f
         "train_seconds": round(trainer.train_seconds, 1),
         "preprocess_seconds": round(prep_seconds, 1),
         "caption_templates": list(CAPTION_TEMPLATES),
+        "domain_templates": {name: list(t) for name, t in DOMAIN_TEMPLATES.items()} if trainer.schedule.domain_captions else {},
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
     }
@@ -308,7 +318,8 @@ def build_trainer(schedule: Schedule, parts_builder: Callable[..., list[CorpusPa
     parts = parts_builder(preprocess, schedule.max_per_dataset, schedule.seed)
     prep_seconds = time.monotonic() - began
     print("corpus:", ", ".join(f"{p.name} {len(p.hashes)}" for p in parts), f"(preprocessed in {prep_seconds:.0f} s)")
-    sampler = GroupSampler(parts, schedule.group_size, schedule.groups, schedule.primary_share, schedule.seed)
+    sampler = GroupSampler(parts, schedule.group_size, schedule.groups, schedule.primary_share, schedule.seed,
+                           schedule.domain_captions)
     return Trainer(model, sampler, open_clip.get_tokenizer(schedule.model), schedule), parts, prep_seconds
 
 
