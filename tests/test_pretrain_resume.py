@@ -13,6 +13,7 @@ from PIL import Image
 
 from sharpzo.tools import pretrain
 from sharpzo.tools.corpus import PRIMARY, CorpusPart
+from sharpzo.tools.pretrain_plot import plot_log
 
 SCHEDULE = pretrain.Schedule(model="sharpzo-tiny", steps=6, seed=3, group_size=4, groups=2, primary_share=0.5,
                              max_per_dataset=12, threads=1)
@@ -61,3 +62,9 @@ def test_resume_refuses_a_different_schedule(tmp_path: Path) -> None:
     args = pretrain.parse_args(["--steps", "7"])
     with pytest.raises(SystemExit, match="--steps 7 .run has 6"):
         pretrain.resolve_schedule(args, dict(SCHEDULE.__dict__))
+
+
+def test_a_run_plots_its_curves(tmp_path: Path) -> None:
+    train(tmp_path / "run", None)
+    plot_log(tmp_path / "run" / "log.jsonl", tmp_path / "curves.png", "tiny")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

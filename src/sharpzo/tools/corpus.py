@@ -137,6 +137,6 @@ class GroupSampler:
     def _template(self, dataset: str) -> str:
         # no draw at all at share 0, so that runs without domain captions keep their random stream
         if self.domain_share > 0 and self.rng.random() < self.domain_share:
-            own = DOMAIN_TEMPLATES[dataset]
+            own = DOMAIN_TEMPLATES.get(dataset, CAPTION_TEMPLATES)
             return own[int(self.rng.integers(len(own)))]
         return CAPTION_TEMPLATES[int(self.rng.integers(len(CAPTION_TEMPLATES)))]

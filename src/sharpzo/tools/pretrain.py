@@ -27,6 +27,7 @@ import open_clip
 import torch
 
 from .corpus import CAPTION_TEMPLATES, DOMAIN_TEMPLATES, PRIMARY, CorpusPart, GroupSampler, build_corpus
+from .pretrain_plot import plot_log
 from sharpzo.server.project_models import DEFAULT_MODEL, manifest_for, register_project_configs, weights_for
 
 STATE_FORMAT = 2
@@ -338,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resumed {run_dir} at step {trainer.step} of {schedule.steps}")
     if run(trainer, run_dir, args.stop_after, args.checkpoint_minutes):
         export(trainer, args.out or weights_for(schedule.model), parts, prep_seconds)
+        plot_log(run_dir / "log.jsonl", run_dir / "log.png", schedule.model)
+        print(f"curves: {run_dir / 'log.png'}")
 
 
 if __name__ == "__main__":
