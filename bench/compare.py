@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -52,13 +51,9 @@ def model_line(runs: dict[str, list[Path]]) -> str:
     first = next(iter(runs.values()))[0]
     model = json.loads((first / "config.json").read_text()).get("model") or {}
     line = f"Model: `{model.get('name')}`, weights `{model.get('pretrained')}`"
-    manifest = Path("server/weights/sharpzo-standin.manifest.json.gz")
     weights = Path(model.get("pretrained") or "")
     if weights.is_file():
         line += f" (sha256 {hashlib.sha256(weights.read_bytes()).hexdigest()[:16]}…)"
-    elif manifest.exists() and model.get("name") == "sharpzo-standin":
-        sha = json.loads(gzip.decompress(manifest.read_bytes()))["checkpoint_sha256"]
-        line += f" (manifest sha256 {sha[:16]}…)"
     return line + "."
 
 

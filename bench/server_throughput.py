@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "full-context path (random weights, CPU). All figures are ratios/medians inside one run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--models", nargs="+", default=["ViT-B-32", "sharpzo-standin"], help="open_clip model names")
+    p.add_argument("--models", nargs="+", default=["ViT-B-32", "sharpzo-standin-v2"], help="open_clip model names")
     p.add_argument("--classes", nargs="+", type=int, default=[14, 100], help="C values (class counts)")
     p.add_argument("--candidates", nargs="+", type=int, default=[40, 1024], help="P values (candidates per query)")
     p.add_argument("--m", type=int, default=4, help="context vectors per prompt")
