@@ -79,6 +79,10 @@ SMOKE_BUDGET ?= 2200
 compose-smoke:
 	SMOKE_BUDGET=$(SMOKE_BUDGET) scripts/compose_smoke.sh
 
+.PHONY: compose-scale-smoke
+compose-scale-smoke:
+	SMOKE_SCALE=1 SMOKE_BUDGET=$(SMOKE_BUDGET) scripts/compose_smoke.sh
+
 # Ray Serve with 2 replicas on a 2-node loopback cluster, a shared PostgreSQL, a replica SIGKILLed mid-run (native, no docker).
 .PHONY: scale-smoke
 scale-smoke: $(DATA_STAMP) $(TEST_STAMP) postgres

