@@ -57,7 +57,7 @@ HTTP_PID=
 STARTED=$SECONDS
 
 step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - STARTED))" "$*"; }
-fail() { printf 'compose-smoke: FAILED: %s\n' "$*" >&2; exit 1; }
+fail() { printf '%s: FAILED: %s\n' "$RUN_NAME" "$*" >&2; exit 1; }
 
 compose() {
     docker-compose --env-file "$WORK/smoke.env" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
@@ -82,9 +82,9 @@ cleanup() {
     fi
     rm -rf "$WORK"
     if [ "$status" = 0 ]; then
-        printf '\ncompose-smoke: passed in %ds\n' "$((SECONDS - STARTED))"
+        printf '\n%s: passed in %ds\n' "$RUN_NAME" "$((SECONDS - STARTED))"
     else
-        printf '\ncompose-smoke: failed (exit %s) after %ds\n' "$status" "$((SECONDS - STARTED))" >&2
+        printf '\n%s: failed (exit %s) after %ds\n' "$RUN_NAME" "$status" "$((SECONDS - STARTED))" >&2
     fi
     exit "$status"
 }
