@@ -58,15 +58,17 @@ def ray_server(postgres_url: str) -> Iterator[str]:
             pytest.fail(f"Ray Serve did not come up:\n{(folder / 'serve.log').read_text()[-3000:]}")
         yield url
     finally:
-        driver.send_signal(signal.SIGINT)  # the driver shuts down the cluster it started
+        driver.send_signal(signal.SIGTERM)  # as docker stop does: the driver shuts down the cluster it started
         try:
-            driver.wait(60)
+            code = driver.wait(60)
         except subprocess.TimeoutExpired:
             driver.kill()
+            code = None
         for pid in _processes_under(folder):
             os.kill(pid, signal.SIGKILL)
         log.close()
         subprocess.run(["rm", "-rf", str(folder)], check=False)
+    assert code == 0, f"sharpzo serve --engine ray did not stop cleanly on SIGTERM within 60 s (exit status {code})"
 
 
 def test_two_ray_replicas_share_image_sets_and_the_ledger(ray_server: str) -> None:

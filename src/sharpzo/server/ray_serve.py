@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -122,7 +123,15 @@ def serve_on_ray(
                     settings.ledger)
     ray.init(address=address, _node_ip_address=node_ip_address, **({} if address else {"include_dashboard": False}))
     serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
+    # Serve's blocking loop ends on KeyboardInterrupt only: SIGTERM (docker stop, systemd) must end it too, and so
+    # must SIGINT when this was started as a background job, which inherits SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     serve.run(sharpzo_app(settings, options), name="sharpzo", route_prefix="/", blocking=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValidationError, KeyConfigError, LedgerError) as exc:
         print(f"sharpzo serve: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    except KeyboardInterrupt as stop:
+        # exiting stops a local Ray cluster started here (Ray's exit hook); an app on a cluster it joined stays up
+        print(f"sharpzo serve: stopped by {stop}", file=sys.stderr)
 
 
 if __name__ == "__main__":
