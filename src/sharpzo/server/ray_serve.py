@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sharpzo serve: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     except KeyboardInterrupt as stop:
-        # exiting stops a local Ray cluster started here (Ray's exit hook); an app on a cluster it joined stays up
+        # exiting stops a local Ray cluster started here (Ray's exit hook)
         print(f"sharpzo serve: stopped by {stop}", file=sys.stderr)
 
 
