@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from sharpzo.tools import pretrain
-from sharpzo.tools.corpus import PRIMARY, CorpusPart
+from sharpzo.tools.corpus import CAPTION_TEMPLATES, DOMAIN_TEMPLATES, PRIMARY, CorpusPart, GroupSampler
 from sharpzo.tools.pretrain_plot import plot_log
 
 SCHEDULE = pretrain.Schedule(model="sharpzo-tiny", steps=6, seed=3, group_size=4, groups=2, primary_share=0.5,
@@ -68,3 +68,17 @@ def test_a_run_plots_its_curves(tmp_path: Path) -> None:
     train(tmp_path / "run", None)
     plot_log(tmp_path / "run" / "log.jsonl", tmp_path / "curves.png", "tiny")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_domain_captions_replace_the_generic_templates_at_their_share(share: float) -> None:
+    parts = synthetic_corpus(lambda image: image, max_per_dataset=12, seed=0)
+    sampler = GroupSampler(parts, group_size=4, groups=2, primary_share=0.5, seed=0, domain_share=share)
+    captions = sampler.sample().captions
+    fruit = {t.format(n) for t in DOMAIN_TEMPLATES[PRIMARY] for n in parts[0].class_names}
+    generic = {t.format(n) for t in CAPTION_TEMPLATES for part in parts for n in part.class_names}
+    primary = [c for c in captions if any(n in c for n in parts[0].class_names)]
+    assert len(primary) == 4
+    assert all(c in (fruit if share else generic) for c in primary)
+    # a dataset without its own words keeps the generic templates
+    assert all(c in generic for c in captions if c not in primary)
