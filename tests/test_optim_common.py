@@ -15,6 +15,7 @@ import pytest
 
 import sharpzo.client.optim as optim_package
 from sharpzo.client.optim import OPTIMIZERS, Evaluation, Optimizer, build_optimizer
+from sharpzo.client.settings import presets
 
 from .test_optim_support import Objective, Quadratic, evaluate, rosenbrock, run, run_rounds
 
@@ -184,11 +185,14 @@ def test_every_option_has_a_default_and_help(name: str) -> None:
 def test_registry_and_paper_defaults() -> None:
     assert set(OPTIMIZERS) == {"sharpzo", "bbt", "zo-sgd", "spsa-gc"}
     config = build_optimizer("sharpzo", 4).config
-    # the paper's constants in this project's units (client/prompt.py): ρ as its ρ/(σ√d) ≈ 1% of the population radius
-    paper = {"popsize": 40, "rho": 0.01, "rho_scale": "population", "mask_interval": 200}
+    # the paper's constants in this project's units (client/prompt.py)
+    paper = {"popsize": 40, "rho_scale": "population", "mask_interval": 200}
     paper |= {"mask_fraction": 0.5, "patience": 10, "min_delta": 0.01}
     assert {key: getattr(config, key) for key in paper} == paper
     assert config.sharpness == "es"  # the query-efficient variant, chosen on validation; "cge" is the paper's
+    # ρ and the sharpness were chosen on validation; the paper preset restores the paper's: ρ/(σ√d) ≈ 1%
+    paper_preset = build_optimizer("sharpzo", 4, **presets()["sharpzo-paper"]["settings"]["options"]).config
+    assert (paper_preset.sharpness, paper_preset.rho) == ("cge", 0.01)
     assert build_optimizer("spsa-gc", 4).config.pairs == 5
 
 

@@ -203,7 +203,7 @@ def test_es_mask_at_the_switch_carries_the_gradient() -> None:
 
 
 def test_es_shift_averages_the_last_generations() -> None:
-    one = run_rounds(sharpzo(sharpness="es", rho=0.1, rho_scale="absolute"), Quadratic(D, seed=1), 4)
+    one = run_rounds(sharpzo(sharpness="es", rho=0.1, rho_scale="absolute", shift_generations=1), Quadratic(D, seed=1), 4)
     three = run_rounds(sharpzo(sharpness="es", rho=0.1, rho_scale="absolute", shift_generations=3), Quadratic(D, seed=1), 4)
     plain = run_rounds(sharpzo(rho=0.0), Quadratic(D, seed=1), 2)
     np.testing.assert_array_equal(one[1].points, three[1].points)  # one generation so far: the same shift
