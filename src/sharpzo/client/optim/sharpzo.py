@@ -50,14 +50,14 @@ Phase = Literal["sharpness", "population", "val", "mask", "step"]
 @dataclass(frozen=True)
 class SharpZOConfig(CMAConfig):
     rho: float = option(
-        0.05, "sharpness radius of ε* along ĝ/‖ĝ‖; 0 gives plain CMA-ES in stage 1 (chosen on groceries validation on "
-        "v2 from 0, 0.02, 0.05, 0.15; the paper's ρ/(σ√d) is about 0.01)"
+        0.05, "sharpness radius of ε* along ĝ/‖ĝ‖; 0 gives plain CMA-ES in stage 1 (best groceries validation on v2 "
+        "of 0, 0.02, 0.05, 0.15, one seed, a margin within its noise: BENCHMARKS.md; the paper's ρ/(σ√d) is about 0.01)"
     )
     rho_scale: Literal["population", "absolute"] = option(
         "population", "population: ε* is ρ times the population radius σ·√d (ρ·σ spreads); absolute: ρ spreads"
     )
     shift_generations: int = option(
-        10, "sharpness='es': ε* from the average of the last N generations' ES gradients (chosen on validation: 1 or 10)"
+        10, "sharpness='es': ε* from the average of the last N generations' ES gradients (picked with rho: 1 or 10)"
     )
     mask_generations: int = option(10, "sharpness='es': the mask from the average of the last N generations' ES gradients")
     sharpness: Literal["cge", "es", "rge"] = option(
