@@ -51,7 +51,7 @@ Phase = Literal["sharpness", "population", "val", "mask", "step"]
 class SharpZOConfig(CMAConfig):
     rho: float = option(
         0.05, "sharpness radius of ε* along ĝ/‖ĝ‖; 0 gives plain CMA-ES in stage 1 (best groceries validation on v2 "
-        "of 0, 0.02, 0.05, 0.15, one seed, a margin within its noise: BENCHMARKS.md; the paper's ρ/(σ√d) is about 0.01)"
+        "of 0, 0.02, 0.05, 0.15, then checked on 3 selection seeds: BENCHMARKS.md; the paper's ρ/(σ√d) is about 0.01)"
     )
     rho_scale: Literal["population", "absolute"] = option(
         "population", "population: ε* is ρ times the population radius σ·√d (ρ·σ spreads); absolute: ρ spreads"
