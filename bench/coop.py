@@ -36,8 +36,7 @@ def features_of(loaded, images: LabeledImages) -> torch.Tensor:
     return encode_images(loaded, [Image.open(io.BytesIO(b)).convert("RGB") for b in images.images])
 
 
-def run_setting(encoder: PromptedTextEncoder, p0: torch.Tensor, split_loss: dict[int, dict[str, PromptLoss]],
-                lr: float, steps: int) -> dict[str, object]:
+def run_setting(p0: torch.Tensor, split_loss: dict[int, dict[str, PromptLoss]], lr: float, steps: int) -> dict[str, object]:
     rows = []
     for seed, losses in split_loss.items():
         torch.manual_seed(seed)
@@ -86,7 +85,7 @@ def main() -> None:
                              torch.as_tensor(part.labels))
             for name, part in (("train", task.train), ("val", task.val), ("test", task.test))
         }
-    sweep = [run_setting(encoder, p0, split_loss, lr, steps) for lr in args.lr for steps in args.steps]
+    sweep = [run_setting(p0, split_loss, lr, steps) for lr in args.lr for steps in args.steps]
     chosen = max(sweep, key=lambda setting: setting["coop_val_mean"])  # the first of equals: the grid's order
     summary = {"dataset": args.dataset, "shots": args.shots, "model": loaded.name, "pretrained": loaded.pretrained,
                "seeds": args.seeds, **chosen}
