@@ -5,7 +5,6 @@ key; every run finishes, and the ledger's charge equals what the clients counted
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from sharpzo.client.embedded import EmbeddedServer
 
@@ -24,7 +24,6 @@ KEY = "pgoutage-key--0123456789abcdef"
 BUDGET = 1500
 RUNS = 2  # two tuning clients on one key, so that an outage finds requests in flight
 OUTAGES = 3
-_STATUS = re.compile(r'sharpzo_http_requests_total\{method="([A-Z]+)",route="([^"]*)",status="(\d+)"\} ([0-9.e+]+)')
 
 
 def auth() -> dict[str, str]:
@@ -34,9 +33,11 @@ def auth() -> dict[str, str]:
 def statuses(url: str) -> dict[int, float]:
     """Requests answered so far, by HTTP status, from the server's /metrics."""
     counts: dict[int, float] = {}
-    for _, route, status, value in _STATUS.findall(httpx.get(f"{url}/metrics", timeout=30).text):
-        if route != "/metrics":
-            counts[int(status)] = counts.get(int(status), 0.0) + float(value)
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
+        for sample in family.samples:
+            if sample.name == "sharpzo_http_requests_total" and sample.labels["route"] != "/metrics":
+                status = int(sample.labels["status"])
+                counts[status] = counts.get(status, 0.0) + sample.value
     return counts
 
 
