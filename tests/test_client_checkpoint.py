@@ -1,13 +1,14 @@
-"""A run directory from before the units change refuses to resume, and says why."""
+"""Checkpoints and logs on resume: old formats refuse with the reason; the log is trimmed to the checkpoint."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
 import pytest
 
-from sharpzo.client.checkpoint import load_checkpoint
+from sharpzo.client.checkpoint import load_checkpoint, trim_log
 
 
 @pytest.mark.parametrize("old_format", [1, 2])
@@ -23,3 +24,11 @@ def test_a_checkpoint_naming_a_class_this_version_lacks_is_one_clear_error(tmp_p
     path.write_bytes(b"cgone_module\nThing\n.")  # a pickle of a class from a module that no longer exists
     with pytest.raises(RuntimeError, match="cannot resume"):
         load_checkpoint(path, {})
+
+
+def test_trim_log_drops_lines_past_the_checkpoint_and_a_partial_last_line(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    lines = [json.dumps({"tells": t, "stage": "zo"}) for t in range(4)]
+    log.write_text("\n".join(lines) + '\n{"tells": 4, "sta')  # killed mid-write
+    trim_log(log, 2)
+    assert [json.loads(line)["tells"] for line in log.read_text().splitlines()] == [0, 1, 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -99,6 +100,40 @@ def test_resume_ends_where_an_uninterrupted_run_ends(reference, tmp_path) -> Non
     ours = json.loads((run / "result.json").read_text())["budget"]
     theirs = json.loads((reference["run"] / "result.json").read_text())["budget"]
     assert ours["queries"] == theirs["queries"]
+    assert [line["tells"] for line in log_lines(run)] == [line["tells"] for line in log_lines(reference["run"])]
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("when", ["before the checkpoint", "after the checkpoint"])
+def test_an_interruption_between_log_and_checkpoint_loses_no_line(reference, tmp_path, monkeypatch, when) -> None:
+    """The kill the test above lands by chance, placed on purpose either side of one checkpoint write."""
+    from sharpzo.client.runner import tune
+
+    tune_module = importlib.import_module("sharpzo.client.tune")  # the package's `tune` attribute is the function
+
+    real_save = tune_module.save_checkpoint
+
+    def interrupted_save(path, settings, state) -> None:
+        if state.tells == 7:
+            if when == "after the checkpoint":
+                real_save(path, settings, state)
+            raise Interrupted
+        real_save(path, settings, state)
+
+    options = {"sharpness": "cge", "popsize": 6, "switch_iterations": 2, "mask_interval": 20}
+    run = tmp_path / "run"
+    with EmbeddedServer(**TINY) as server:
+        common = dict(method="sharpzo", budget=BUDGET, dim=8, options=options, eval_every=60, seed=3, shots=2,
+                      server=server.url, out=run, progress=False)
+        monkeypatch.setattr(tune_module, "save_checkpoint", interrupted_save)
+        with pytest.raises(Interrupted):
+            tune("animals", **common)
+        monkeypatch.setattr(tune_module, "save_checkpoint", real_save)
+        tune("animals", resume=True, **common)
+    np.testing.assert_allclose(_final_w(run), _final_w(reference["run"]), rtol=1e-5, atol=1e-6)
     assert [line["tells"] for line in log_lines(run)] == [line["tells"] for line in log_lines(reference["run"])]
 
 

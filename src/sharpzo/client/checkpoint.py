@@ -88,8 +88,17 @@ def load_checkpoint(path: Path, run_settings: dict[str, Any]) -> LoopState:
 
 
 def trim_log(log: Path, tells: int) -> None:
-    """Drop log lines written after the checkpoint of ``tells`` tells, and a finished run's final line."""
+    """Drop log lines written after the checkpoint of ``tells`` tells, and a finished run's final line.
+
+    The loop writes each line before its checkpoint, so the log never lacks a line the checkpoint
+    has; a process killed mid-write leaves a partial last line, which is dropped too.
+    """
     if log.exists():
-        entries = [json.loads(line) for line in log.read_text().splitlines()]
+        lines = log.read_text().splitlines()
+        entries = [json.loads(line) for line in lines[:-1]]
+        try:
+            entries += [json.loads(line) for line in lines[-1:]]
+        except json.JSONDecodeError:
+            pass
         kept = [json.dumps(e) for e in entries if e["tells"] <= tells and e["stage"] != "final"]
         log.write_text("".join(f"{line}\n" for line in kept))

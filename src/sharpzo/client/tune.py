@@ -193,8 +193,8 @@ class Tuner:
                     state.best_val = max(state.best_val, entry["val_accuracy"])
                     state.next_eval += self.settings.eval_every
                 state.elapsed = time.perf_counter() - started
+                self._log(entry, state.elapsed)  # before the checkpoint: a resume trims what the checkpoint lacks
                 self._save()
-                self._log(entry, state.elapsed)
                 progress.update(opt.queries, opt.stage, entry["loss"], entry["accuracy"], state.best_val)
 
             await opt.optimize_async(self._objective, self.settings.budget, callback=after_tell)
