@@ -216,3 +216,26 @@ def test_rescaled_mask_lr_is_the_second_moment_ratio() -> None:
     rescaled = sharpzo(switch_iterations=0, mask_interval=100, mask_lr="rescaled")
     k = D // 2
     assert rescaled._descent.lr == pytest.approx(same._descent.lr * (D + 2) / (k + 2))
+
+
+def test_zo_sam_evaluates_each_pair_at_an_ascent_along_the_running_average() -> None:
+    rho, beta = 0.2, 0.5
+    opt = sharpzo(switch_iterations=0, mask_fraction=1.0, sam_rho=rho, sam_beta=beta)
+    quadratic = Quadratic(D, seed=1)
+    first = opt.ask().points
+    np.testing.assert_allclose(first.mean(axis=0), opt.solution, atol=1e-12)  # m = 0: the plain pair
+    momentum = np.zeros(D)
+    for _ in range(3):
+        opt.tell(evaluate(quadratic, opt.ask()))
+        momentum = beta * momentum + (1 - beta) * opt._descent.gradient
+        centre = opt.ask().points.mean(axis=0)
+        ascent = centre - opt.solution
+        assert np.linalg.norm(ascent) == pytest.approx(rho * np.sqrt(D))
+        np.testing.assert_allclose(ascent / np.linalg.norm(ascent), momentum / np.linalg.norm(momentum), atol=1e-9)
+
+
+def test_zo_sam_off_is_plain_stage_2() -> None:
+    plain = run_rounds(sharpzo(switch_iterations=1, mask_fraction=1.0), Quadratic(D, seed=1), 8)
+    off = run_rounds(sharpzo(switch_iterations=1, mask_fraction=1.0, sam_rho=0.0, sam_beta=0.5), Quadratic(D, seed=1), 8)
+    for a, b in zip(plain, off):
+        np.testing.assert_array_equal(a.points, b.points)

@@ -4,29 +4,52 @@ from __future__ import annotations
 
 import numpy as np
 
-from .estimators import gaussian_directions, rge_gradient, rge_probes
+from .estimators import gaussian_directions, rge_gradient, rge_probes, sharpness_shift
 
 
 class RandomDirectionDescent:
-    """w ← w − η ĝ with the q-direction RGE ĝ, optionally restricted to a coordinate mask."""
+    """w ← w − η ĝ with the q-direction RGE ĝ, optionally restricted to a coordinate mask.
 
-    def __init__(self, w: np.ndarray, lr: float, mu: float, directions: int, rng: np.random.Generator) -> None:
+    With ``sam_radius`` > 0 (ZO-SAM) the probes are centred at w + r·m/‖m‖ instead of w, where m is
+    a running average of the estimates (weight ``sam_beta`` on the past): the step follows the
+    gradient at the estimated worst nearby point, as SAM does, at no extra queries. One step's
+    estimate is too noisy a direction for the ascent (cos ≈ 1/√d with the true gradient), hence m.
+    """
+
+    # class-level defaults, so that descents pickled before ZO-SAM existed resume as plain ones
+    sam_radius: float = 0.0
+    sam_beta: float = 0.9
+    momentum: np.ndarray | None = None
+
+    def __init__(self, w: np.ndarray, lr: float, mu: float, directions: int, rng: np.random.Generator,
+                 sam_radius: float = 0.0, sam_beta: float = 0.9) -> None:
         self.w = np.array(w, dtype=float)
         self.lr = lr
         self.mu = mu
         self.count = directions
         self.rng = rng
         self.gradient = np.zeros_like(self.w)  # the last step's estimate
+        self.sam_radius = sam_radius
+        self.sam_beta = sam_beta
+        self.momentum = np.zeros_like(self.w) if sam_radius > 0 else None
         self._directions: np.ndarray | None = None
+
+    def centre(self) -> np.ndarray:
+        """Where the next step's probes are centred: w, or w + ε with ZO-SAM."""
+        if self.momentum is None:
+            return self.w
+        return self.w + sharpness_shift(self.momentum, self.sam_radius)
 
     def probes(self, mask: np.ndarray | None = None) -> np.ndarray:
         """The 2q probes of the next step, drawing fresh directions."""
         self._directions = gaussian_directions(self.rng, self.count, len(self.w), mask)
-        return rge_probes(self.w, self.mu, self._directions)
+        return rge_probes(self.centre(), self.mu, self._directions)
 
     def step(self, losses: np.ndarray) -> None:
         if self._directions is None:
             raise RuntimeError("step() before probes()")
         self.gradient = rge_gradient(losses, self.mu, self._directions)
         self.w = self.w - self.lr * self.gradient
+        if self.momentum is not None:
+            self.momentum = self.sam_beta * self.momentum + (1.0 - self.sam_beta) * self.gradient
         self._directions = None

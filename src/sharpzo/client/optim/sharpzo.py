@@ -4,7 +4,8 @@ Stage 1, per iteration: a gradient estimate ĝ at the CMA mean θ gives
 ε* = ρ ĝ/‖ĝ‖; the population w_i is evaluated at w_i + ε* and told to CMA-ES
 unshifted. With the automatic switch a 1-point "val" ask of θ follows. Stage 2
 starts from θ: every ``mask_interval`` steps a mask Ω is scored, and each step is
-one masked random-direction ZO-SGD step (2 queries).
+one masked random-direction ZO-SGD step (2 queries), optionally ZO-SAM's (``sam_rho``:
+the pair evaluated at an ascent from w along the running average of the estimates).
 
 Where ĝ comes from (``sharpness``):
 - "es" (the default, chosen on validation): no extra queries: the average of the last
@@ -84,6 +85,11 @@ class SharpZOConfig(CMAConfig):
         "same", "same: η as dense ZO-SGD; rescaled: η·(d+2)/(k+2) for k kept coordinates (the RGE second-moment ratio)"
     )
     rge_mu: float = option(1e-2, "μr, length in spreads of the stage-2 probes (directional derivatives within 5%: estimators.py)")
+    sam_rho: float = option(
+        0.0, "ZO-SAM stage 2: length in spreads of the ascent ε = ρ·m/‖m‖ at which each step's pair is evaluated, "
+        "m a running average of the estimates (descent.py); 0: off"
+    )
+    sam_beta: float = option(0.9, "ZO-SAM: weight of the past in m's running average")
     mask_fraction: float = option(0.5, "fraction of coordinates stage 2 updates; 1.0 is dense (no mask queries)")
     mask_keep: MaskKeep = option(
         "highest", "highest: prune the least salient coordinates (masks.py); lowest: the authors' code (Sparse-MeZO)"
@@ -106,6 +112,8 @@ class SharpZOConfig(CMAConfig):
         counts = (self.sharpness_probes, self.patience, self.mask_interval, self.shift_generations, self.mask_generations)
         require(min(counts) >= 1, "counts must be at least 1")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
+        require(self.sam_rho >= 0, f"sam_rho must be non-negative, got {self.sam_rho}")
+        require(0.0 <= self.sam_beta < 1.0, f"sam_beta must be in [0, 1), got {self.sam_beta}")
         for name in ("sharpness_mu", "rge_mu", "mask_mu"):
             require_resolvable_step(name, getattr(self, name))
         for name in ("switch_iterations", "switch_queries"):
@@ -270,7 +278,8 @@ class SharpZO(Optimizer[SharpZOConfig]):
         if c.mask_lr == "rescaled" and c.mask_fraction < 1.0:
             kept = max(1, int(c.mask_fraction * self.dim + 0.5))
             lr *= (self.dim + 2) / (kept + 2)
-        self._descent = RandomDirectionDescent(self._cma.mean, lr, c.rge_mu, 1, self.rng)
+        self._descent = RandomDirectionDescent(self._cma.mean, lr, c.rge_mu, 1, self.rng,
+                                               w_norm(c.sam_rho, self.dim), c.sam_beta)
         self._cma = None  # megabytes of covariance that every stage-2 checkpoint would otherwise carry
         if self._free_masks():
             average = self._es_average(c.mask_generations)
