@@ -1,6 +1,6 @@
-"""Tuning runs over HTTP while their PostgreSQL ledger goes down and comes back (`pg_ctl stop -m fast`, then start): a
-request caught by the outage gets 503 with Retry-After, never a 500; the client retries it under the same idempotency
-key; every run finishes, and the ledger's charge equals what the clients counted."""
+"""Tuning runs over HTTP while their PostgreSQL ledger goes down and comes back (`pg_ctl restart -m fast`, or stop
+and start): a request caught by the outage gets 503 with Retry-After, never a 500; the client retries it under the
+same idempotency key; every run finishes, and the ledger's charge equals what the clients counted."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ SHARPZO = str(Path(sys.executable).parent / "sharpzo")
 KEY = "pgoutage-key--0123456789abcdef"
 BUDGET = 1500
 RUNS = 2  # two tuning clients on one key, so that an outage finds requests in flight
-OUTAGES = 3
+OUTAGES = 4  # the last a plain `pg_ctl restart -m fast`, the others a stop, a probe while down, and a start
 
 
 def auth() -> dict[str, str]:
@@ -51,11 +51,12 @@ def charged_queries(url: str) -> int:
 _WAITING = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sharpzo' AND wait_event_type = 'Lock'"
 
 
-def outage_with_requests_in_flight(postgres_server: PostgresServer, postgres_url: str, url: str) -> httpx.Response:
-    """Stop PostgreSQL (``pg_ctl stop -m fast``) while every run has a request inside it, ask for usage while it is
-    down, and start it again. A lock on the usage table holds each run's request at its usage lookup or, after its
-    idempotent response was written, inside its charge's transaction, until the shutdown cuts it. Returns the answer
-    to the request made while the database was down."""
+def outage_with_requests_in_flight(postgres_server: PostgresServer, postgres_url: str, url: str,
+                                   restart: bool) -> httpx.Response | None:
+    """Take PostgreSQL down while every run has a request inside it: either ``pg_ctl restart -m fast`` as it is, or
+    ``pg_ctl stop -m fast``, a request for usage while it is down, and ``pg_ctl start``. A lock on the usage table
+    holds each run's request at its usage lookup or, after its idempotent response was written, inside its charge's
+    transaction, until the shutdown cuts it. Returns the answer to the request made while the database was down."""
     locker = psycopg.connect(postgres_url, autocommit=True)  # not a context manager: its exit would talk to a dead server
     try:
         locker.execute("BEGIN")
@@ -64,6 +65,9 @@ def outage_with_requests_in_flight(postgres_server: PostgresServer, postgres_url
         while (waiting := locker.execute(_WAITING).fetchone()[0]) < RUNS:
             assert time.monotonic() < deadline, f"{waiting} requests wait on the usage table, want {RUNS}"
             time.sleep(0.02)
+        if restart:
+            postgres_server.restart()
+            return None
         postgres_server.stop()
     finally:
         locker.close()
@@ -96,7 +100,10 @@ def test_tune_runs_survive_postgres_outages(postgres_server: PostgresServer, pos
                     assert all(t.poll() is None for t in tunes), "a run ended before the outages were done"
                     assert time.monotonic() < deadline, f"before outage {outage}: {charged} of {target} queries"
                     time.sleep(0.05)
-                probes.append(outage_with_requests_in_flight(postgres_server, postgres_url, server.url))
+                probe = outage_with_requests_in_flight(postgres_server, postgres_url, server.url,
+                                                       restart=outage == OUTAGES - 1)
+                if probe is not None:
+                    probes.append(probe)
             outputs = [t.communicate(timeout=300)[0] for t in tunes]
         finally:
             for t in tunes:
@@ -109,6 +116,7 @@ def test_tune_runs_survive_postgres_outages(postgres_server: PostgresServer, pos
 
     counted = sum(json.loads((run / "result.json").read_text())["budget"]["total_queries"] for run in runs)
     assert charged == counted
+    assert len(probes) == OUTAGES - 1
     for probe in probes:
         assert probe.status_code == 503 and probe.json()["code"] == "unavailable", probe.text
         assert int(probe.headers["Retry-After"]) > 0
