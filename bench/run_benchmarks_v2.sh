@@ -2,7 +2,7 @@
 # The stage-2 sweeps and the 20K-query comparisons on stand-in v2 in BENCHMARKS.md (2026-12-03), in
 # today's units (spreads) and at today's defaults. (bench/run_benchmarks.sh holds the v1 runs.)
 # Run from the repository root. Finished runs are skipped, so an interrupted stage can simply be started again.
-# Stage by stage: `bash bench/run_benchmarks_v2.sh select-stage2|select-rge-mu|groceries-20k|paper-20k|peers-20k|all`.
+# Stage by stage: `bash bench/run_benchmarks_v2.sh select-stage2|select-rge-mu|groceries-20k|paper-20k|peers-20k|select-spsa|fashion-20k|groceries-20k-rerun|all`.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 R=bench/results
@@ -75,4 +75,12 @@ if [[ $stage == fashion-20k || $stage == all ]]; then
     --config bbt=bbt --config spsa-gc=spsa-gc --reference sharpzo --reference sharpzo-paper \
     --reach-of sharpzo --reach-of sharpzo-paper --reach-of zo-sgd \
     --budgets 1000 3000 6000 10000 20000 --coop $R/coop-fashion-mnist-v2-sweep.json --parallel 5 --out $R/compare20k-v2
+fi
+
+# The groceries-20k pair run again into its own directory: how far a rerun of the same seeds moves (other requests
+# in flight change which candidates share a batch, by an ulp or two), and every run's final sharpness beside it.
+if [[ $stage == groceries-20k-rerun || $stage == all ]]; then
+  $PY bench/compare.py --dataset groceries --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
+    --config sharpzo=sharpzo --config zo-sgd=zo-sgd --reference sharpzo --reach-of sharpzo --reach-of zo-sgd \
+    --budgets 1000 3000 6000 10000 20000 --coop $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-rerun
 fi
