@@ -2,7 +2,7 @@
 # The stage-2 sweeps and the 20K-query comparisons on stand-in v2 in BENCHMARKS.md (2026-12-03), in
 # today's units (spreads) and at today's defaults. (bench/run_benchmarks.sh holds the v1 runs.)
 # Run from the repository root. Finished runs are skipped, so an interrupted stage can simply be started again.
-# Stage by stage: `bash bench/run_benchmarks_v2.sh select-stage2|select-rge-mu|groceries-20k|paper-20k|peers-20k|select-spsa|fashion-20k|groceries-20k-rerun|all`.
+# Stage by stage: `bash bench/run_benchmarks_v2.sh select-stage2|select-rge-mu|groceries-20k|paper-20k|peers-20k|select-spsa|fashion-20k|groceries-20k-rerun|spsa-selected-20k|all`.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 R=bench/results
@@ -83,4 +83,12 @@ if [[ $stage == groceries-20k-rerun || $stage == all ]]; then
   $PY bench/compare.py --dataset groceries --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
     --config sharpzo=sharpzo --config zo-sgd=zo-sgd --reference sharpzo --reach-of sharpzo --reach-of zo-sgd \
     --budgets 1000 3000 6000 10000 20000 --coop $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-rerun
+fi
+
+# SPSA-GC at the config its validation sweep chose (select-spsa; 2 points over its default there, at the edge of
+# that sweep's noise), on the same seeds, budget and grid.
+if [[ $stage == spsa-selected-20k || $stage == all ]]; then
+  $PY bench/compare.py --dataset groceries --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
+    --config spsa-gc-selected=spsa-gc:a=125,c=0.01 --reach-of spsa-gc-selected \
+    --budgets 1000 3000 6000 10000 20000 --coop $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-spsa-selected
 fi
