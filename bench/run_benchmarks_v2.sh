@@ -2,7 +2,7 @@
 # The stage-2 sweeps and the 20K-query comparisons on stand-in v2 in BENCHMARKS.md (2026-12-03), in
 # today's units (spreads) and at today's defaults. (bench/run_benchmarks.sh holds the v1 runs.)
 # Run from the repository root. Finished runs are skipped, so an interrupted stage can simply be started again.
-# Stage by stage: `bash bench/run_benchmarks_v2.sh select-stage2|select-rge-mu|groceries-20k|paper-20k|peers-20k|select-spsa|fashion-20k|groceries-20k-rerun|spsa-selected-20k|all`.
+# Stage by stage: `bash bench/run_benchmarks_v2.sh select-stage2|select-rge-mu|groceries-20k|paper-20k|peers-20k|select-spsa|fashion-20k|groceries-20k-rerun|spsa-selected-20k|select-bbt|all`.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 R=bench/results
@@ -91,4 +91,15 @@ if [[ $stage == spsa-selected-20k || $stage == all ]]; then
   $PY bench/compare.py --dataset groceries --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
     --config spsa-gc-selected=spsa-gc:a=125,c=0.01 --reach-of spsa-gc-selected \
     --budgets 1000 3000 6000 10000 20000 --coop $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-spsa-selected
+fi
+
+# BBT's sigma0 (spreads), popsize and bound on the VALIDATION set, with the same selection budget (11 configs,
+# seeds 100 and 101, 3000 queries).
+if [[ $stage == select-bbt || $stage == all ]]; then
+  $PY bench/selection.py --dataset groceries --seeds 100 101 --budget 3000 --parallel 3 \
+    --config bbt-default=bbt --config bbt-s0.5=bbt:sigma0=0.5 --config bbt-s1=bbt:sigma0=1.0 \
+    --config bbt-s2=bbt:sigma0=2.0 --config bbt-s3=bbt:sigma0=3.0 --config bbt-pop20=bbt:popsize=20 \
+    --config bbt-pop80=bbt:popsize=80 --config bbt-b1.5=bbt:bound=1.5 --config bbt-b5=bbt:bound=5.0 \
+    --config bbt-unbounded=bbt:bound=null --config bbt-s1-pop20=bbt:sigma0=1.0,popsize=20 \
+    --out $R/select-v2-bbt
 fi
