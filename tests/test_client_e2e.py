@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -219,3 +220,15 @@ def test_eval_every_zero_charges_only_the_zero_shot_and_final_evaluations(tmp_pa
     assert spent["monitored"]["monitor_queries"] == spent["long"]["monitor_queries"] + 2 * 6
     evaluated = [line["stage"] for line in log_lines(tmp_path / "long") if "val_accuracy" in line]
     assert evaluated == ["zero-shot", "final"]
+
+
+@pytest.mark.parametrize("budget, warned", [(0, False), (5, True)])
+def test_only_a_budget_too_small_for_the_first_batch_warns(tmp_path, caplog, budget, warned) -> None:
+    """Budget 0 asks for zero-shot only (the load benches' warm-up): nothing to warn about."""
+    from sharpzo.client.runner import tune
+
+    with EmbeddedServer(**TINY) as server, caplog.at_level(logging.WARNING, logger="sharpzo.client.tune"):
+        result = tune("animals", server=server.url, method="bbt", budget=budget, shots=2, dim=8,
+                      eval_every=0, progress=False, out=tmp_path / "run")
+    assert result.queries == 0
+    assert ("nothing was tuned" in caplog.text) == warned

@@ -35,7 +35,7 @@ def setting(default: Any, help: str, role: Role, **cli: Any) -> Any:
 @dataclasses.dataclass(frozen=True)
 class TuneSettings:
     method: str = setting("sharpzo", "optimiser", "run", choices=sorted(OPTIMIZERS))
-    budget: int = setting(8000, "most queries the method may spend (training and validation queries)", "run")
+    budget: int = setting(8000, "most queries the method may spend (training and validation queries); 0: evaluate the zero-shot prompt only", "run")
     seed: int = setting(0, "seed of the few-shot draw, projection and optimiser", "run")
     dim: int = setting(512, "dimension d of the tuned vector w", "run")
     alpha: float = setting(DEFAULT_ALPHA, "projection scale in token-embedding spreads per unit of w", "run")

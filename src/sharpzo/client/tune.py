@@ -198,7 +198,7 @@ class Tuner:
                 progress.update(opt.queries, opt.stage, entry["loss"], entry["accuracy"], state.best_val)
 
             await opt.optimize_async(self._objective, self.settings.budget, callback=after_tell)
-        if state.tells == 0:
+        if state.tells == 0 and self.settings.budget > 0:  # 0 asks for the zero-shot evaluation alone
             log.warning(
                 "%s's first batch needs %d queries, more than the budget of %d: nothing was tuned; raise "
                 "--budget (or, for sharpzo, use --opt sharpness=es, which needs no 2d-query gradient)",
