@@ -2,7 +2,7 @@
 # The stage-2 sweeps and the 20K-query comparisons on stand-in v2 in BENCHMARKS.md (2026-12-03), in
 # today's units (spreads) and at today's defaults. (bench/run_benchmarks.sh holds the v1 runs.)
 # Run from the repository root. Finished runs are skipped, so an interrupted stage can simply be started again.
-# Stage by stage: `bash bench/run_benchmarks_v2.sh select-stage2|select-rge-mu|groceries-20k|paper-20k|peers-20k|select-spsa|fashion-20k|groceries-20k-rerun|spsa-selected-20k|select-bbt|all`.
+# Stage by stage: `bash bench/run_benchmarks_v2.sh select-stage2|select-rge-mu|groceries-20k|paper-20k|peers-20k|select-spsa|fashion-20k|fashion-peers-20k|groceries-20k-rerun|spsa-selected-20k|select-bbt|all`.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 R=bench/results
@@ -75,6 +75,14 @@ if [[ $stage == fashion-20k || $stage == all ]]; then
     --config bbt=bbt --config spsa-gc=spsa-gc --reference sharpzo --reference sharpzo-paper \
     --reach-of sharpzo --reach-of sharpzo-paper --reach-of zo-sgd \
     --budgets 1000 3000 6000 10000 20000 --coop $R/coop-fashion-mnist-v2-sweep.json --parallel 5 --out $R/compare20k-v2
+fi
+
+# The three peers on fashion-mnist at 20K (fashion-20k above finished only the two SharpZO versions in its
+# session): the same seeds, budget and grid, into their own directory; pair_summaries.py pairs them with those.
+if [[ $stage == fashion-peers-20k || $stage == all ]]; then
+  $PY bench/compare.py --dataset fashion-mnist --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
+    --config zo-sgd=zo-sgd --config bbt=bbt --config spsa-gc=spsa-gc --reach-of zo-sgd --reach-of bbt --reach-of spsa-gc \
+    --budgets 1000 3000 6000 10000 20000 --coop $R/coop-fashion-mnist-v2-sweep.json --parallel 15 --out $R/compare20k-v2-peers
 fi
 
 # The groceries-20k pair run again into its own directory: how far a rerun of the same seeds moves (other requests

@@ -22,6 +22,8 @@ from .conftest import TINY
 from .test_scale_replicas import KEYS, auth, upload_body, score_body
 
 pytest.importorskip("ray.serve", reason="the scale extra: pip install '.[scale]'")
+from sharpzo.server.ray_serve import REPLICA_HEADER  # noqa: E402  (imports Ray)
+
 START_TIMEOUT_S = 600  # Ray's head, two replicas and their models, on 2 shared cores
 
 
@@ -30,6 +32,21 @@ def _processes_under(folder: Path) -> list[int]:
     found = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.split()
     children = [subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split() for pid in found]
     return sorted({int(pid) for pid in found + [c for group in children for c in group]})
+
+
+def _healthy_replicas(url: str, probes: int = 8) -> set[str]:
+    """The replicas that answered a burst of concurrent health probes: the proxy answers as soon as one replica has
+    its model, while the other may still be loading."""
+
+    def probe(_: int) -> str | None:
+        try:
+            answer = httpx.get(f"{url}/v1/health", timeout=5)
+        except httpx.HTTPError:
+            return None
+        return answer.headers.get(REPLICA_HEADER) if answer.status_code == 200 else None
+
+    with ThreadPoolExecutor(probes) as pool:
+        return {name for name in pool.map(probe, range(probes)) if name}
 
 
 @pytest.fixture
@@ -47,15 +64,15 @@ def ray_server(postgres_url: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
+        ready: set[str] = set()
         while time.monotonic() < deadline and driver.poll() is None:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            ready |= _healthy_replicas(url)
+            if len(ready) == 2:
+                break
             time.sleep(2)
         else:
-            pytest.fail(f"Ray Serve did not come up:\n{(folder / 'serve.log').read_text()[-3000:]}")
+            pytest.fail(f"Ray Serve did not bring up 2 replicas (ready: {sorted(ready)}):\n"
+                        f"{(folder / 'serve.log').read_text()[-3000:]}")
         yield url
     finally:
         driver.send_signal(signal.SIGTERM)  # as docker stop does: the driver shuts down the cluster it started
