@@ -35,6 +35,49 @@ def final_budget(run_dir: Path) -> dict:
     return json.loads((run_dir / "result.json").read_text())
 
 
+def se(values: np.ndarray) -> float:
+    """The standard error of the mean over seeds (NaN for one seed)."""
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
+def sharpness_at(runs: dict[str, list[Path]], when: str) -> dict[str, np.ndarray]:
+    """[seeds, 2] (sharpness, training loss) per config from each run's result.json at ``when`` ("switch" or
+    "final"), for the configs whose every run measured it there."""
+    out = {}
+    for name, dirs in runs.items():
+        probes = [final_budget(r).get("sharpness", {}).get(when) for r in dirs]
+        if probes and all(probes):
+            out[name] = np.array([[p["sharpness"], p["loss"]] for p in probes])
+    return out
+
+
+def plot_sharpness(finals: dict[str, np.ndarray], accuracy: dict[str, np.ndarray], switch: dict[str, np.ndarray],
+                   out: Path, title: str) -> None:
+    """Each config's sharpness at the end against its final test accuracy (mean ± SE over seeds), with its sharpness
+    at SharpZO's stage switch drawn hollow at the same accuracy: does a flatter end point buy accuracy?"""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, values in finals.items():
+        acc = 100 * accuracy[name]
+        bar = lambda v: np.nan_to_num(se(v))  # noqa: E731  (no bar for one seed)
+        line = ax.errorbar(values[:, 0].mean(), acc.mean(), xerr=bar(values[:, 0]), yerr=bar(acc), fmt="o", capsize=3,
+                           label=f"{name} (n={len(values)})")
+        if name in switch:
+            ax.errorbar(switch[name][:, 0].mean(), acc.mean(), xerr=bar(switch[name][:, 0]), fmt="o", mfc="none",
+                        color=line[0].get_color(), capsize=3)
+            ax.annotate("", (values[:, 0].mean(), acc.mean()), (switch[name][:, 0].mean(), acc.mean()),
+                        arrowprops={"arrowstyle": "->", "color": line[0].get_color(), "alpha": 0.5})
+    ax.set_xscale("log")
+    ax.set_xlabel("sharpness: mean training-loss rise under random perturbations (log; hollow: at the stage switch)")
+    ax.set_ylabel("final held-out test accuracy (%), mean ± SE")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def plot_curves(curves: dict[str, np.ndarray], grid: np.ndarray, out: Path, title: str, references: dict[str, float]) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, values in curves.items():

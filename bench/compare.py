@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aggregate import config_curves, final_budget, markdown_table, pct, plot_curves, queries_to_reach
+from aggregate import (config_curves, final_budget, markdown_table, pct, plot_curves, plot_sharpness, queries_to_reach,
+                       se, sharpness_at)
 from grid import RunConfig, run_grid
 
 
@@ -60,6 +61,7 @@ def model_line(runs: dict[str, list[Path]]) -> str:
 def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
     grid = np.arange(0, args.budget + 1, args.eval_every)
     curves = config_curves(runs, grid)
+    finals = {name: np.array([final_budget(r)["test_accuracy"] for r in dirs]) for name, dirs in runs.items()}
     zero_shot = np.mean([final_budget(r)["zero_shot_test_accuracy"] for dirs in runs.values() for r in dirs])
     references = {f"zero-shot {zero_shot:.1%}": zero_shot}
     if args.coop and args.coop.exists():
@@ -72,9 +74,8 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
     columns = [int(np.flatnonzero(grid <= b)[-1]) for b in budgets]
     rows = []
     for name, values in curves.items():
-        finals = np.array([final_budget(r)["test_accuracy"] for r in runs[name]])
         spent = np.mean([final_budget(r)["queries"] for r in runs[name]])
-        rows.append([name, *[pct(values[:, c]) for c in columns], pct(finals), f"{spent:.0f}"])
+        rows.append([name, *[pct(values[:, c]) for c in columns], pct(finals[name]), f"{spent:.0f}"])
     table = markdown_table(["config", *[f"test % @ {b}" for b in budgets], "final test %", "queries used"], rows)
 
     pair_with = [r for r in args.reference if r in curves] or [next(iter(runs))]
@@ -97,8 +98,8 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
     zs = {name: np.array([final_budget(r)["zero_shot_test_accuracy"] for r in runs[name]]) for name in curves}
 
     def paired(label: str, diff: np.ndarray) -> list[str]:
-        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-        return [label, f"{100 * diff.mean():+.1f}", f"{100 * se:.1f}", "yes" if abs(diff.mean()) > 2 * se else "no"]
+        error = se(diff)
+        return [label, f"{100 * diff.mean():+.1f}", f"{100 * error:.1f}", "yes" if abs(diff.mean()) > 2 * error else "no"]
 
     pairs_done: set[frozenset[str]] = set()
     for ref in pair_with:
@@ -112,16 +113,33 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
         [f"paired difference at {args.budget} queries (same seeds)", "mean (points)", "SE", "abs(mean) > 2 SE"], paired_rows
     )
 
+    sharp = {when: sharpness_at(runs, when) for when in ("switch", "final")}
+    if sharp["final"]:
+        plot_sharpness(sharp["final"], finals, sharp["switch"], out / "sharpness.png",
+                       f"{args.dataset} {args.shots}-shot, {args.budget} queries: flatness against accuracy")
+
+    def sharp_cell(name: str, when: str) -> str:
+        values = sharp[when].get(name)
+        if values is None:
+            return "—"
+        return f"{values[:, 0].mean():.2e} ± {se(values[:, 0]):.1e} (loss {values[:, 1].mean():.3f})"
+
+    sharpness = markdown_table(
+        ["config", "sharpness at the stage switch (mean ± SE)", "sharpness at the end (mean ± SE)"],
+        [[name, sharp_cell(name, "switch"), sharp_cell(name, "final")] for name in runs],
+    )
+
     text = "\n\n".join([
         f"### {args.dataset}, {args.shots}-shot, seeds {args.seeds}, budget {args.budget}",
         f"Zero-shot test accuracy: {zero_shot:.1%}. " + model_line(runs),
-        table, reach, paired,
+        table, reach, paired, sharpness,
         "Configs: " + "; ".join(f"`{c.name}` = {c.method} {json.dumps(c.options)}" + (f" alpha={c.alpha}" if c.alpha else "")
                                 for c in args.config),
     ])
     (out / "summary.md").write_text(text + "\n")
     (out / "summary.json").write_text(json.dumps({
         "grid": grid.tolist(), "curves": {k: v.tolist() for k, v in curves.items()}, "zero_shot": zero_shot,
+        "sharpness": {when: {k: v.tolist() for k, v in by_config.items()} for when, by_config in sharp.items()},
     }))
     return text
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aggregate import markdown_table, queries_to_reach
+from aggregate import markdown_table, queries_to_reach, se
 
 
 def load(paths: list[Path]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -49,9 +49,9 @@ def main() -> None:
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             diff = curves[a][:, -1] - curves[b][:, -1]
-            se = diff.std(ddof=1) / np.sqrt(len(diff))
-            rows.append([f"{a} − {b}", f"{100 * diff.mean():+.1f}", f"{100 * se:.1f}",
-                         "yes" if abs(diff.mean()) > 2 * se else "no", " ".join(f"{100 * d:+.1f}" for d in diff)])
+            error = se(diff)
+            rows.append([f"{a} − {b}", f"{100 * diff.mean():+.1f}", f"{100 * error:.1f}",
+                         "yes" if abs(diff.mean()) > 2 * error else "no", " ".join(f"{100 * d:+.1f}" for d in diff)])
     print(markdown_table([f"paired difference at {grid[-1]} queries", "mean (points)", "SE", "abs(mean) > 2 SE",
                           "per seed"], rows))
     finals = {name: values[:, -1].mean() for name, values in curves.items()}

@@ -2,7 +2,7 @@
 # The stage-2 sweeps and the 20K-query comparisons on stand-in v2 in BENCHMARKS.md (2026-12-03), in
 # today's units (spreads) and at today's defaults. (bench/run_benchmarks.sh holds the v1 runs.)
 # Run from the repository root. Finished runs are skipped, so an interrupted stage can simply be started again.
-# Stage by stage: `bash bench/run_benchmarks_v2.sh select-stage2|select-rge-mu|groceries-20k|paper-20k|peers-20k|select-spsa|fashion-20k|fashion-peers-20k|groceries-20k-rerun|spsa-selected-20k|select-bbt|all`.
+# Stage by stage: `bash bench/run_benchmarks_v2.sh select-stage2|select-rge-mu|groceries-20k|paper-20k|peers-20k|select-spsa|fashion-20k|fashion-peers-20k|ablations-sharpness|groceries-20k-rerun|spsa-selected-20k|select-bbt|all`.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 R=bench/results
@@ -83,6 +83,16 @@ if [[ $stage == fashion-peers-20k || $stage == all ]]; then
   $PY bench/compare.py --dataset fashion-mnist --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
     --config zo-sgd=zo-sgd --config bbt=bbt --config spsa-gc=spsa-gc --reach-of zo-sgd --reach-of bbt --reach-of spsa-gc \
     --budgets 1000 3000 6000 10000 20000 --coop $R/coop-fashion-mnist-v2-sweep.json --parallel 15 --out $R/compare20k-v2-peers
+fi
+
+# The sharpness that SharpZO claims to reduce, measured at the stage switch and at the end of each run (result.json,
+# 17 monitor queries each) and plotted against test accuracy (sharpness.png): the defaults, each sharpness-aware part
+# taken out (no shift: rho 0; no mask: dense stage 2), the paper's version, and the two peers that bracket it.
+if [[ $stage == ablations-sharpness || $stage == all ]]; then
+  $PY bench/compare.py --dataset groceries --seeds 0 1 2 3 4 --budget 3000 --eval-every 500 --budgets 1000 2000 3000 \
+    --config sharpzo=sharpzo --config rho0=sharpzo:rho=0 --config mask-dense=sharpzo:mask_fraction=1.0 \
+    --config 'sharpzo-paper=sharpzo:sharpness="cge",rho=0.01' --config bbt=bbt --config zo-sgd=zo-sgd \
+    --reference sharpzo --coop $R/coop-groceries-v2-sweep.json --parallel 10 --out $R/ablations-v2
 fi
 
 # The groceries-20k pair run again into its own directory: how far a rerun of the same seeds moves (other requests
