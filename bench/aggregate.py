@@ -66,8 +66,10 @@ def plot_sharpness(finals: dict[str, np.ndarray], accuracy: dict[str, np.ndarray
                         color=line[0].get_color(), capsize=3)
             ax.annotate("", (values[:, 0].mean(), acc.mean()), (switch[name][:, 0].mean(), acc.mean()),
                         arrowprops={"arrowstyle": "->", "color": line[0].get_color(), "alpha": 0.5})
-    ax.set_xscale("log")
-    ax.set_xlabel("sharpness: mean training-loss rise under random perturbations (log; hollow: at the stage switch)")
+    # symmetric log: a CMA mean can sit where random perturbations lower the loss (negative sharpness)
+    ax.set_xscale("symlog", linthresh=1e-5)
+    ax.axvline(0, color="gray", linewidth=1)
+    ax.set_xlabel("sharpness: mean training-loss rise under random perturbations (symlog; hollow: at the stage switch)")
     ax.set_ylabel("final held-out test accuracy (%), mean ± SE")
     ax.set_title(title)
     ax.grid(alpha=0.3)
