@@ -18,10 +18,15 @@ from fastapi import FastAPI
 
 # Ray on one host keeps every address on loopback (it reads this on import), and sends nothing home.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-for _name, _value in LOOPBACK_ENV.items():
+# Serve kills an HTTP proxy whose start-up check takes over 5 s three times, and serve.start() then fails: on a
+# host whose cores are busy (seen at a load of 10 on 2 cores) the proxy's first start takes longer than that. A local
+# cluster started here inherits this; on a `ray start` cluster, set it where `ray start` runs.
+STARTUP_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
+for _name, _value in {**LOOPBACK_ENV, **STARTUP_ENV}.items():
     os.environ.setdefault(_name, _value)
 
 from ray import serve  # noqa: E402
+from ray.exceptions import RayError  # noqa: E402
 from ray.serve import Application  # noqa: E402
 from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
@@ -107,6 +112,10 @@ def sharpzo_app(settings: ServerSettings, options: ReplicaOptions) -> Applicatio
     return deployment.bind(replica_settings(settings, options))
 
 
+class ServeStartError(RuntimeError):
+    """Ray or its HTTP proxy could not start: the cluster or the host, not the settings."""
+
+
 def serve_on_ray(
     settings: ServerSettings, options: ReplicaOptions, host: str, port: int, address: str | None,
     proxy_location: str = "EveryNode", node_ip_address: str = "127.0.0.1",
@@ -121,8 +130,12 @@ def serve_on_ray(
     if not settings.feature_store_url():
         log.warning("ledger %s is not PostgreSQL: replicas on other hosts cannot share it or image sets",
                     settings.ledger)
-    ray.init(address=address, _node_ip_address=node_ip_address, **({} if address else {"include_dashboard": False}))
-    serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
+    try:
+        ray.init(address=address, _node_ip_address=node_ip_address, **({} if address else {"include_dashboard": False}))
+        serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
+    except (RayError, ConnectionError, TimeoutError) as exc:  # serve.start waits 60 s for its proxy, then times out
+        detail = " ".join(str(exc).strip().splitlines()[-2:])
+        raise ServeStartError(f"Ray Serve did not start ({type(exc).__name__}): {detail}") from exc
     # Serve's blocking loop ends on KeyboardInterrupt only: SIGTERM (docker stop, systemd) must end it too, and so
     # must SIGINT when this was started as a background job, which inherits SIGINT ignored.
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -169,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValidationError, KeyConfigError, LedgerError) as exc:
         print(f"sharpzo serve: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    except ServeStartError as exc:
+        print(f"sharpzo serve: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
     except KeyboardInterrupt as stop:
         # exiting stops a local Ray cluster started here (Ray's exit hook)
         print(f"sharpzo serve: stopped by {stop}", file=sys.stderr)
