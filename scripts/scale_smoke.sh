@@ -11,6 +11,8 @@ BUDGET=${SCALE_SMOKE_BUDGET:-3000}
 KILLS=${SCALE_SMOKE_KILLS:-2}
 export SHARPZO_MODEL=${SHARPZO_MODEL:-sharpzo-tiny} SHARPZO_PRETRAINED=${SHARPZO_PRETRAINED:-none}
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
+# as sharpzo serve --engine ray sets for a local cluster: Serve's controller runs under `ray start`'s environment
+export RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S=${RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S:-30}
 started=$(date +%s)
 work=$(mktemp -d /tmp/sharpzo-scale-XXXXXX)
 chmod 755 "$work"
