@@ -51,6 +51,20 @@ def sharpness_at(runs: dict[str, list[Path]], when: str) -> dict[str, np.ndarray
     return out
 
 
+def _save(fig: plt.Figure, ax: plt.Axes, title: str, out: Path) -> None:
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _error_bar(values: np.ndarray) -> float:
+    return float(np.nan_to_num(se(values)))  # no bar for one seed
+
+
 def plot_sharpness(finals: dict[str, np.ndarray], accuracy: dict[str, np.ndarray], switch: dict[str, np.ndarray],
                    out: Path, title: str) -> None:
     """Each config's sharpness at the end against its final test accuracy (mean ± SE over seeds), with its sharpness
@@ -58,11 +72,10 @@ def plot_sharpness(finals: dict[str, np.ndarray], accuracy: dict[str, np.ndarray
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, values in finals.items():
         acc = 100 * accuracy[name]
-        bar = lambda v: np.nan_to_num(se(v))  # noqa: E731  (no bar for one seed)
-        line = ax.errorbar(values[:, 0].mean(), acc.mean(), xerr=bar(values[:, 0]), yerr=bar(acc), fmt="o", capsize=3,
-                           label=f"{name} (n={len(values)})")
+        line = ax.errorbar(values[:, 0].mean(), acc.mean(), xerr=_error_bar(values[:, 0]), yerr=_error_bar(acc),
+                           fmt="o", capsize=3, label=f"{name} (n={len(values)})")
         if name in switch:
-            ax.errorbar(switch[name][:, 0].mean(), acc.mean(), xerr=bar(switch[name][:, 0]), fmt="o", mfc="none",
+            ax.errorbar(switch[name][:, 0].mean(), acc.mean(), xerr=_error_bar(switch[name][:, 0]), fmt="o", mfc="none",
                         color=line[0].get_color(), capsize=3)
             ax.annotate("", (values[:, 0].mean(), acc.mean()), (switch[name][:, 0].mean(), acc.mean()),
                         arrowprops={"arrowstyle": "->", "color": line[0].get_color(), "alpha": 0.5})
@@ -71,13 +84,7 @@ def plot_sharpness(finals: dict[str, np.ndarray], accuracy: dict[str, np.ndarray
     ax.axvline(0, color="gray", linewidth=1)
     ax.set_xlabel("sharpness: mean training-loss rise under random perturbations (symlog; hollow: at the stage switch)")
     ax.set_ylabel("final held-out test accuracy (%), mean ± SE")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, title, out)
 
 
 def plot_curves(curves: dict[str, np.ndarray], grid: np.ndarray, out: Path, title: str, references: dict[str, float]) -> None:
@@ -91,13 +98,7 @@ def plot_curves(curves: dict[str, np.ndarray], grid: np.ndarray, out: Path, titl
         ax.annotate(label, (grid[-1], 100 * value), ha="right", va="bottom", fontsize=8, color="gray")
     ax.set_xlabel("queries")
     ax.set_ylabel("held-out test accuracy (%), mean ± std over seeds")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, title, out)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
