@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import fastapi.dependencies.utils
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +16,7 @@ from sharpzo.server.__main__ import parse_args, settings_from
 from sharpzo.server.app import create_app
 from sharpzo.server.ledger import LedgerUnavailable
 from sharpzo.server.settings import ServerSettings
+from sharpzo.shared.protocol import IDEMPOTENCY_HEADER
 from sharpzo.shared.tensors import Tensor
 
 from .conftest import TINY, b64, encoded_image
@@ -45,6 +47,27 @@ def test_a_ledger_outage_is_a_503_with_retry_after(http: TestClient, monkeypatch
         assert response.status_code == 503, response.text
         assert response.json()["code"] == "unavailable" and response.json()["detail"].startswith("ledger:")
         assert int(response.headers["Retry-After"]) > 0
+
+
+def test_the_scoring_path_resolves_its_dependencies_without_thread_hops(
+    http: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI runs a plain-function dependency in its thread pool: a thread hop on every request of the hot path
+    (two of them cost 0.2 ms of a 14 ms step: BENCHMARKS.md "Step latency")."""
+    hops: list[str] = []
+    pooled = fastapi.dependencies.utils.run_in_threadpool
+
+    async def counted(call: object, *args: object, **kwargs: object) -> object:
+        hops.append(getattr(call, "__name__", repr(call)))
+        return await pooled(call, *args, **kwargs)
+
+    monkeypatch.setattr(fastapi.dependencies.utils, "run_in_threadpool", counted)
+    set_id = http.post("/v1/image-sets", json={"images": [b64(encoded_image(2))]}).json()["id"]
+    prompts = Tensor.from_numpy(np.zeros((2, 2, 32), np.float32)).model_dump()
+    body = {"image_set": set_id, "class_names": ["cat", "dog"], "prompts": prompts, "labels": [0]}
+    answer = http.post("/v1/logits", json=body, headers={IDEMPOTENCY_HEADER: "hops-1"})
+    assert answer.status_code == 200, answer.text
+    assert hops == []
 
 
 def test_serve_flags_override_settings_without_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

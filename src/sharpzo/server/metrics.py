@@ -38,8 +38,8 @@ class Observation:
     queries: int = 0
 
 
-def observation(request: Request) -> Observation:
-    """Dependency: the request's Observation."""
+async def observation(request: Request) -> Observation:
+    """Dependency: the request's Observation (async: FastAPI would run a plain function in its thread pool)."""
     return request.scope[_OBSERVATION]
 
 

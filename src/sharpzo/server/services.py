@@ -90,7 +90,8 @@ def build_services(settings: ServerSettings, loaded: LoadedModel | None = None) 
     )
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Dependency: the app's services (async, so that FastAPI does not hop to its thread pool for an attribute)."""
     return request.app.state.services
 
 
