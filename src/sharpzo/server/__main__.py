@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from exc
     import uvicorn
 
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # the app writes its own access line (JSON, with the key and the queries): uvicorn's would be a second one
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
 
 
 if __name__ == "__main__":
