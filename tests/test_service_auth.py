@@ -4,10 +4,8 @@ quotas and rates (429 + Retry-After), usage headers, /v1/usage, /metrics and the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from sharpzo.client.embedded import EmbeddedServer, free_port
+from sharpzo.client.embedded import EmbeddedServer
 from sharpzo.server.auth import TokenBucket
 from sharpzo.server.keys import KeyConfigError, configured_keys, hash_key
 from sharpzo.shared.tensors import Tensor
@@ -220,28 +218,12 @@ def test_metrics_and_access_log(server) -> None:
 
 
 def test_plain_serve_writes_one_access_line_a_request(tmp_path: Path) -> None:
-    """`sharpzo serve` at its default log level (info, which the embedded server lowers to warning): the app's JSON
-    line, not uvicorn's plain one beside it."""
-    port, log_path = free_port(), tmp_path / "serve.log"
-    env = {**os.environ, "SHARPZO_MODEL": TINY["model"], "SHARPZO_PRETRAINED": TINY["pretrained"],
-           "SHARPZO_AUTH": "off", "SHARPZO_LEDGER": str(tmp_path / "ledger.sqlite3")}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "sharpzo.server", "--port", str(port)], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"sharpzo serve did not come up:\n{log_path.read_text()[-2000:]}")
-    finally:
-        process.terminate()
-        process.wait(30)
+    """`sharpzo serve` at its default log level, info (embedded servers run at warning): the app's JSON line, not
+    uvicorn's plain one beside it."""
+    log_path = tmp_path / "serve.log"
+    with EmbeddedServer(**TINY, env={"SHARPZO_LEDGER": str(tmp_path / "ledger.sqlite3")}, log_path=log_path,
+                        log_level="info") as running:
+        assert httpx.get(f"{running.url}/v1/model", timeout=30).status_code == 200
     mentions = [line for line in log_path.read_text().splitlines() if "/v1/model" in line]
     assert len(mentions) == 1 and json.loads(mentions[0])["status"] == 200, mentions
 

@@ -30,7 +30,7 @@ class EmbeddedServer:
     """``with EmbeddedServer(model=..., pretrained=...) as server: server.url``.
 
     ``command`` replaces ``python -m sharpzo.server`` (e.g. the ``sharpzo serve`` script).
-    ``env`` adds SHARPZO_* settings. The server's log goes to ``log_path``
+    ``env`` adds SHARPZO_* settings. The server's log goes to ``log_path`` at ``log_level``
     (a temporary file by default) and is quoted when start-up fails.
     """
 
@@ -43,6 +43,7 @@ class EmbeddedServer:
         log_path: Path | None = None,
         start_timeout: float = 180.0,
         command: list[str] | None = None,
+        log_level: str = "warning",
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -57,9 +58,10 @@ class EmbeddedServer:
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
         self.command = command or [sys.executable, "-m", "sharpzo.server"]
+        self.log_level = log_level
 
     def start(self) -> "EmbeddedServer":
-        command = [*self.command, "--port", str(self.port), "--log-level", "warning"]
+        command = [*self.command, "--port", str(self.port), "--log-level", self.log_level]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
