@@ -1,6 +1,6 @@
 """Tuning runs over HTTP while their PostgreSQL ledger goes down and comes back (`pg_ctl restart -m fast`, or stop
 and start): a request caught by the outage gets 503 with Retry-After, never a 500; the client retries it under the
-same idempotency key; every run finishes, and the ledger's charge equals what the clients counted."""
+same idempotency key; every run finishes, and each account's charge in the ledger equals what its client counted."""
 
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ from .conftest import TINY
 from .postgres_server import PostgresServer
 
 SHARPZO = str(Path(sys.executable).parent / "sharpzo")
-KEY = "pgoutage-key--0123456789abcdef"
 BUDGET = 1500
-RUNS = 2  # two tuning clients on one key, so that an outage finds requests in flight
+RUNS = 2  # two tuning clients, each on its own account, so that an outage finds requests in flight
 OUTAGES = 4  # the last a plain `pg_ctl restart -m fast`, the others a stop, a probe while down, and a start
+ACCOUNTS = [f"tenant{i}" for i in range(RUNS)]
+KEYS = [f"pgoutage-key{i}-0123456789abcdef" for i in range(RUNS)]
 
 
-def auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {KEY}"}
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def statuses(url: str) -> dict[int, float]:
@@ -41,29 +42,44 @@ def statuses(url: str) -> dict[int, float]:
     return counts
 
 
-def charged_queries(url: str) -> int:
-    return int(httpx.get(f"{url}/v1/usage", headers=auth(), timeout=30).json()["queries"])
+def charged_queries(url: str, key: str) -> int:
+    return int(httpx.get(f"{url}/v1/usage", headers=auth(key), timeout=30).json()["queries"])
 
 
-# Sessions waiting on the usage table's lock: a request's usage lookup (each request starts with one) or its charge.
-# A run is sequential, so it has at most one waiting. Neither state nor query is filtered on: a prepared statement
-# takes its locks at Bind, where pg_stat_activity still shows 'idle' and the session's previous statement.
+# Sessions waiting on a lock: a run's request held at its charge by the lock on its account's usage row. A run is
+# sequential, so it has at most one waiting. Neither state nor query is filtered on: a prepared statement takes its
+# locks at Bind, where pg_stat_activity still shows 'idle' and the session's previous statement.
 _WAITING = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sharpzo' AND wait_event_type = 'Lock'"
 
 
 def outage_with_requests_in_flight(postgres_server: PostgresServer, postgres_url: str, url: str,
+                                   tunes: list[subprocess.Popen[str]], target: int,
                                    restart: bool) -> httpx.Response | None:
     """Take PostgreSQL down while every run has a request inside it: either ``pg_ctl restart -m fast`` as it is, or
-    ``pg_ctl stop -m fast``, a request for usage while it is down, and ``pg_ctl start``. A lock on the usage table
-    holds each run's request at its usage lookup or, after its idempotent response was written, inside its charge's
-    transaction, until the shutdown cuts it. Returns the answer to the request made while the database was down."""
+    ``pg_ctl stop -m fast``, a request for usage while it is down, and ``pg_ctl start``.
+
+    Each run's account row is locked once that run has been charged ``target`` queries, so its next request waits
+    inside its charge's transaction, after its idempotent response was written, until the shutdown cuts it. A run
+    that gets ahead (one that slept out a 503's Retry-After less than the other) is held there while the other
+    catches up, so neither can finish before the outage. Returns the answer to the request made while the database
+    was down."""
     locker = psycopg.connect(postgres_url, autocommit=True)  # not a context manager: its exit would talk to a dead server
     try:
         locker.execute("BEGIN")
-        locker.execute("LOCK TABLE usage IN ACCESS EXCLUSIVE MODE")
+        held: set[int] = set()
+        deadline = time.monotonic() + 300
+        while len(held) < RUNS:
+            assert all(t.poll() is None for t in tunes), "a run ended before the outages were done"
+            for run in set(range(RUNS)) - held:
+                if charged_queries(url, KEYS[run]) >= target:
+                    locker.execute("SELECT 1 FROM usage WHERE account = %s FOR UPDATE", (ACCOUNTS[run],))
+                    held.add(run)
+            charged = [charged_queries(url, key) for key in KEYS]
+            assert time.monotonic() < deadline, f"waiting for {target} queries a run: {charged}"
+            time.sleep(0.05)
         deadline = time.monotonic() + 120
         while (waiting := locker.execute(_WAITING).fetchone()[0]) < RUNS:
-            assert time.monotonic() < deadline, f"{waiting} requests wait on the usage table, want {RUNS}"
+            assert time.monotonic() < deadline, f"{waiting} requests wait on their account's row, want {RUNS}"
             time.sleep(0.02)
         if restart:
             postgres_server.restart()
@@ -72,21 +88,22 @@ def outage_with_requests_in_flight(postgres_server: PostgresServer, postgres_url
     finally:
         locker.close()
     try:
-        return httpx.get(f"{url}/v1/usage", headers=auth(), timeout=60)
+        return httpx.get(f"{url}/v1/usage", headers=auth(KEYS[0]), timeout=60)
     finally:
         postgres_server.start()
 
 
 def test_tune_runs_survive_postgres_outages(postgres_server: PostgresServer, postgres_url: str,
                                              tmp_path: Path) -> None:
-    env = {"SHARPZO_LEDGER": postgres_url, "SHARPZO_AUTH": "on", "SHARPZO_API_KEYS": f"tenant:{KEY}:10000000"}
+    keys = ",".join(f"{account}:{key}:10000000" for account, key in zip(ACCOUNTS, KEYS))
+    env = {"SHARPZO_LEDGER": postgres_url, "SHARPZO_AUTH": "on", "SHARPZO_API_KEYS": keys}
     with EmbeddedServer(**TINY, env=env) as server:
         runs = [tmp_path / f"run{i}" for i in range(RUNS)]
         tunes = [
             subprocess.Popen(
-                [SHARPZO, "tune", "--server", server.url, "--api-key", KEY, "--out", str(run), "--dataset", "animals",
-                 "--shots", "2", "--method", "zo-sgd", "--budget", str(BUDGET), "--eval-every", "0", "--seed", str(i),
-                 "--no-progress"],
+                [SHARPZO, "tune", "--server", server.url, "--api-key", KEYS[i], "--out", str(run), "--dataset",
+                 "animals", "--shots", "2", "--method", "zo-sgd", "--budget", str(BUDGET), "--eval-every", "0",
+                 "--seed", str(i), "--no-progress"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )
             for i, run in enumerate(runs)
@@ -94,13 +111,8 @@ def test_tune_runs_survive_postgres_outages(postgres_server: PostgresServer, pos
         probes = []
         try:
             for outage in range(OUTAGES):
-                deadline = time.monotonic() + 300
-                target = (outage + 1) * RUNS * BUDGET // (OUTAGES + 1)
-                while (charged := charged_queries(server.url)) < target:
-                    assert all(t.poll() is None for t in tunes), "a run ended before the outages were done"
-                    assert time.monotonic() < deadline, f"before outage {outage}: {charged} of {target} queries"
-                    time.sleep(0.05)
-                probe = outage_with_requests_in_flight(postgres_server, postgres_url, server.url,
+                probe = outage_with_requests_in_flight(postgres_server, postgres_url, server.url, tunes,
+                                                       target=(outage + 1) * BUDGET // (OUTAGES + 1),
                                                        restart=outage == OUTAGES - 1)
                 if probe is not None:
                     probes.append(probe)
@@ -112,9 +124,9 @@ def test_tune_runs_survive_postgres_outages(postgres_server: PostgresServer, pos
         for t, output in zip(tunes, outputs):
             assert t.returncode == 0, output
         answered = statuses(server.url)
-        charged = charged_queries(server.url)
+        charged = [charged_queries(server.url, key) for key in KEYS]
 
-    counted = sum(json.loads((run / "result.json").read_text())["budget"]["total_queries"] for run in runs)
+    counted = [json.loads((run / "result.json").read_text())["budget"]["total_queries"] for run in runs]
     assert charged == counted
     assert len(probes) == OUTAGES - 1
     for probe in probes:
