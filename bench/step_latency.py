@@ -14,7 +14,11 @@ loopback, one request at a time, and reports per request (median and p99):
 
 Next to it, in the same run, the model alone in this process (the same encoder and scoring
 call on the same 2 candidates), so that the model's share of a step carries over between
-machines.
+machines; and the transport floor (`bench/transport_floor.py`): the same request bytes, posted
+by the same client to uvicorn serving a bare ASGI app that only reads them and waits, once
+for nothing and once as long as the server's median model time. No server that speaks HTTP
+through this stack can spend less outside its model than the second one's round trip less
+its wait.
 
 Before/after: with ``--baseline-ref REF`` a second server runs the code of that git commit (a
 temporary ``git worktree``, imported first through PYTHONPATH), and rounds alternate
@@ -48,6 +52,9 @@ from sharpzo.client.embedded import EmbeddedServer
 from sharpzo.shared.protocol import IDEMPOTENCY_HEADER, SERVER_TIMING_HEADER, LogitsRequest, LogitsResponse
 from sharpzo.shared.tensors import Tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transport_floor import FloorServer
+
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = [
     "apple", "banana", "carrot", "cucumber", "garlic", "ginger", "lemon", "lime", "mango", "onion", "orange",
@@ -55,6 +62,8 @@ CLASSES = [
 ]  # 14 classes, as groceries
 SERVER_STAGES = ("accept", "idempotency", "validate", "queue", "model", "encode", "ledger")
 _TIMING = re.compile(r"([a-z_]+);dur=([0-9.]+)")
+FLOOR_IDLE = "no wait"
+FLOOR_WAITING = "waiting the model's median time"
 
 
 @dataclass
@@ -123,16 +132,21 @@ def _metric_sums(http: httpx.Client) -> dict[str, float]:
     return sums
 
 
+def _request(set_id: str, prompts: np.ndarray, labels: list[int]) -> LogitsRequest:
+    return LogitsRequest(
+        image_set=set_id, class_names=CLASSES, prompts=Tensor.from_numpy(prompts), labels=labels, return_logits=False
+    )
+
+
+def _headers() -> dict[str, str]:
+    return {"content-type": "application/json", IDEMPOTENCY_HEADER: uuid.uuid4().hex}
+
+
 def _one_request(http: httpx.Client, side: Side, prompts: np.ndarray, labels: list[int], record: bool) -> None:
     started = time.perf_counter()
-    body = LogitsRequest(
-        image_set=side.set_id, class_names=CLASSES, prompts=Tensor.from_numpy(prompts), labels=labels,
-        return_logits=False,
-    )
-    content = body.model_dump_json().encode()
+    content = _request(side.set_id, prompts, labels).model_dump_json().encode()
     encoded = time.perf_counter()
-    headers = {"content-type": "application/json", IDEMPOTENCY_HEADER: uuid.uuid4().hex}
-    response = http.post("/v1/logits", content=content, headers=headers)
+    response = http.post("/v1/logits", content=content, headers=_headers())
     answered = time.perf_counter()
     response.raise_for_status()
     result = LogitsResponse.model_validate_json(response.content)
@@ -166,6 +180,21 @@ def _round(side: Side, args: argparse.Namespace, rng: np.random.Generator, label
         after = _metric_sums(http)
     for key, name in (("sharpzo_batch_seconds", "metrics model"), ("sharpzo_queue_wait_seconds", "metrics queue")):
         side.add(name, (after[f"{key}_sum"] - before[f"{key}_sum"]) * 1000.0 / args.requests)  # a round's mean
+
+
+def _floor_round(url: str, set_id: str, args: argparse.Namespace, rng: np.random.Generator, labels: list[int],
+                 width: int, wait_ms: float, samples: list[float]) -> None:
+    """The same requests' bytes to the transport floor, which waits ``wait_ms``; records round trip less its app time
+    (ms), as "wire + HTTP" is for the real server."""
+    with httpx.Client(base_url=url, timeout=120) as http:
+        for _ in range(args.requests):
+            prompts = rng.normal(0, 0.02, (args.candidates, args.m, width)).astype(np.float32)
+            content = _request(set_id, prompts, labels).model_dump_json().encode()
+            started = time.perf_counter()
+            response = http.post(f"/v1/logits?wait_ms={wait_ms:.3f}", content=content, headers=_headers())
+            round_trip = (time.perf_counter() - started) * 1000.0
+            response.raise_for_status()
+            samples.append(round_trip - float(_TIMING.findall(response.headers[SERVER_TIMING_HEADER])[0][1]))
 
 
 class InProcessModel:
@@ -222,9 +251,14 @@ def _summary(samples: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(ordered), "p99_ms": p99, "mean_ms": statistics.fmean(ordered)}
 
 
-def _report(sides: list[Side], alone: InProcessModel) -> dict:
+def _report(sides: list[Side], alone: InProcessModel, floors: dict[str, list[float]]) -> dict:
     alone_median = statistics.median(alone.samples)
-    report: dict = {"model_alone_in_process": _summary(alone.samples), "sides": {}}
+    floor_median = statistics.median(floors[FLOOR_WAITING])
+    report: dict = {
+        "model_alone_in_process": _summary(alone.samples),
+        "transport_floor": {name: _summary(samples) for name, samples in floors.items()},
+        "sides": {},
+    }
     for side in sides:
         parts = {part: _summary(values) for part, values in side.samples.items()}
         step = parts["step"]["median_ms"]
@@ -233,6 +267,9 @@ def _report(sides: list[Side], alone: InProcessModel) -> dict:
             "parts": parts,
             "model_share_of_step": model / step,
             "non_model_share_of_step": 1.0 - model / step,
+            # a step of this model and nothing but the floor (waiting as long) beside it; 10% allows model / 9 outside
+            "floor_share_of_step": floor_median / (floor_median + model),
+            "outside_model_allowed_at_10_percent_ms": model / 9.0,
             "model_alone_share_of_step": alone_median / step,
             "mean_model_share_from_metrics": parts["metrics model"]["mean_ms"] / parts["step"]["mean_ms"],
         }
@@ -246,10 +283,15 @@ def _report(sides: list[Side], alone: InProcessModel) -> dict:
 def _print(report: dict) -> None:
     alone = report["model_alone_in_process"]
     print(f"model alone in process: median {alone['median_ms']:.2f} ms, p99 {alone['p99_ms']:.2f} ms")
+    for name, floor in report["transport_floor"].items():
+        print(f"transport floor, {name} (round trip less the bare app's time): median {floor['median_ms']:.3f} ms, "
+              f"p99 {floor['p99_ms']:.3f} ms")
     for name, side in report["sides"].items():
         print(f"\n{name}: model share of the step {side['model_share_of_step']:.1%} (median model / median step), "
               f"{side['mean_model_share_from_metrics']:.1%} from the metrics' means; model alone / step "
               f"{side['model_alone_share_of_step']:.1%}")
+        print(f"  the floor alone beside this model would be {side['floor_share_of_step']:.1%} of a step; a 10% "
+              f"non-model share allows {side['outside_model_allowed_at_10_percent_ms']:.2f} ms outside the model")
         print(f"  {'part':32s} {'median ms':>10s} {'p99 ms':>10s} {'mean ms':>10s}")
         for part, s in side["parts"].items():
             print(f"  {part:32s} {s['median_ms']:10.3f} {s['p99_ms']:10.3f} {s['mean_ms']:10.3f}")
@@ -264,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = [i % len(CLASSES) for i in range(args.images)]
     images = [_png(i) for i in range(args.images)]
     with ExitStack() as stack:
+        floor_server = stack.enter_context(FloorServer())
+        floors: dict[str, list[float]] = {FLOOR_IDLE: [], FLOOR_WAITING: []}
         sides = [Side("current", _server(stack, args, None))]
         if args.baseline_ref:
             sides.append(Side(f"baseline {args.baseline_ref}", _server(stack, args, _worktree(stack, args.baseline_ref))))
@@ -285,10 +329,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r + 1}/{args.rounds}: {side.name}", file=sys.stderr, flush=True)
                 _round(side, args, rng, labels, width)
                 alone.time_block(max(args.requests // 4, 5))
-        report = _report(sides, alone)
+            model_ms = statistics.median(sides[0].samples.get("server model", sides[0].samples["metrics model"]))
+            for name, wait_ms in ((FLOOR_IDLE, 0.0), (FLOOR_WAITING, model_ms)):
+                _floor_round(floor_server.url, sides[0].set_id, args, rng, labels, width, wait_ms, floors[name])
+        report = _report(sides, alone, floors)
     report["settings"] = {k: str(v) for k, v in vars(args).items()}
     report["fast_path_flops_per_request"] = alone.flops()
-    report["samples"] = {side.name: side.samples for side in sides} | {"model alone": alone.samples}
+    report["samples"] = {side.name: side.samples for side in sides} | {"model alone": alone.samples} | {
+        f"transport floor, {name}": samples for name, samples in floors.items()
+    }
     _print(report)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
