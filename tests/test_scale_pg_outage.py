@@ -70,12 +70,12 @@ def outage_with_requests_in_flight(postgres_server: PostgresServer, postgres_url
         deadline = time.monotonic() + 300
         while len(held) < RUNS:
             assert all(t.poll() is None for t in tunes), "a run ended before the outages were done"
-            for run in set(range(RUNS)) - held:
-                if charged_queries(url, KEYS[run]) >= target:
+            charged = {run: charged_queries(url, KEYS[run]) for run in set(range(RUNS)) - held}
+            for run, queries in charged.items():
+                if queries >= target:
                     locker.execute("SELECT 1 FROM usage WHERE account = %s FOR UPDATE", (ACCOUNTS[run],))
                     held.add(run)
-            charged = [charged_queries(url, key) for key in KEYS]
-            assert time.monotonic() < deadline, f"waiting for {target} queries a run: {charged}"
+            assert time.monotonic() < deadline, f"waiting for {target} queries a run; runs not yet held: {charged}"
             time.sleep(0.05)
         deadline = time.monotonic() + 120
         while (waiting := locker.execute(_WAITING).fetchone()[0]) < RUNS:
