@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sharpzo.shared.protocol import AccountUsage
 
 from .keys import ANONYMOUS, KeySpec, hash_key
-from .ledger import Ledger
+from .ledger import Ledger, Replayable
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,12 @@ def usage_headers(usage: AccountUsage) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Caller:
-    """The account a request is charged to, and its usage as read from the ledger when the request came in."""
+    """The account a request is charged to, and what the ledger held for it when the request came in: the account's
+    usage and, for a POST with an idempotency key, the response an earlier try under that key was charged for."""
 
     account: Account
     usage: AccountUsage
+    earlier: Replayable | None = None
 
     def headers(self) -> dict[str, str]:
         return usage_headers(self.usage)

@@ -11,7 +11,9 @@ from fastapi import Depends, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .auth import ANONYMOUS_ACCOUNT, Account, Caller
+from sharpzo.shared.protocol import IDEMPOTENCY_HEADER
+
+from .auth import ANONYMOUS_ACCOUNT, Caller
 from .errors import ApiError, invalid_request
 from .idempotency import IdempotencyKey
 from .metering import MeteredCall
@@ -24,32 +26,40 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 ObservationDep = Annotated[Observation, Depends(observation)]
 
 
-async def _account(services: Services, credentials: HTTPAuthorizationCredentials | None) -> Account:
-    if services.authenticator is None:
-        return ANONYMOUS_ACCOUNT
-    if credentials is None:
-        raise ApiError(401, "Authorization: missing; send 'Authorization: Bearer <API key>'", _CHALLENGE)
-    account = await asyncio.to_thread(services.authenticator.account, credentials.credentials)
+def _arrival(services: Services, api_key: str | None, idempotency_key: str | None) -> Caller | None:
+    """The caller, None for an unknown or revoked key; every ledger read a request makes before its work is here,
+    so that it costs one thread hop: the key (when the ledger keeps it), the usage, and the replay lookup."""
+    account = ANONYMOUS_ACCOUNT if services.authenticator is None else services.authenticator.account(api_key or "")
     if account is None:
-        raise ApiError(401, "Authorization: unknown or revoked API key", _CHALLENGE)
-    return account
+        return None
+    usage, earlier = services.ledger.arrival(
+        account.name, account.quota, idempotency_key, services.settings.idempotency_window_s
+    )
+    return Caller(account, usage, earlier)
 
 
 async def current_caller(
+    request: Request,
     response: Response,
     services: ServicesDep,
     seen: ObservationDep,
     credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
 ) -> AsyncIterator[Caller]:
     """The caller, with the rate limit applied; its usage goes on the route's answer, and on any error it raises."""
-    account = await _account(services, credentials)
-    seen.key = account.name
-    caller = Caller(account, await asyncio.to_thread(services.ledger.totals, account.name, account.quota))
+    if services.authenticator is not None and credentials is None:
+        raise ApiError(401, "Authorization: missing; send 'Authorization: Bearer <API key>'", _CHALLENGE)
+    # Read raw, so that the replay lookup shares the hop above; `metered` validates the key and refuses a
+    # malformed one (which no stored response can have) before any work.
+    idempotency_key = request.headers.get(IDEMPOTENCY_HEADER) if request.method == "POST" else None
+    caller = await asyncio.to_thread(_arrival, services, credentials and credentials.credentials, idempotency_key)
+    if caller is None:
+        raise ApiError(401, "Authorization: unknown or revoked API key", _CHALLENGE)
+    seen.key = caller.account.name
     if services.limiter is not None:
-        wait = services.limiter.take(account.name)
+        wait = services.limiter.take(caller.account.name)
         if wait > 0:
             raise ApiError(
-                429, f"rate: key {account.name!r} is over {services.limiter.rate:g} requests/s",
+                429, f"rate: key {caller.account.name!r} is over {services.limiter.rate:g} requests/s",
                 {"Retry-After": str(math.ceil(wait)), **caller.headers()}, code="rate_limited",
             )
     response.headers.update(caller.headers())

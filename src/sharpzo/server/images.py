@@ -174,3 +174,4 @@ class OwnedImageSets:
 
     async def record(self, image_set: ImageSet, owner: str) -> None:
         await asyncio.to_thread(self.ledger.own_image_set, image_set.id, owner)
+        self._owners[image_set.id] = owner

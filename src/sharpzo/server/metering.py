@@ -65,11 +65,8 @@ class MeteredCall:
         request_fingerprint = fingerprint(self.request.url.path, await self.request.body())
         key = self.idempotency_key
         account = self.caller.account
-        if key is not None:
-            with self.stages.time("idempotency"):
-                earlier = await asyncio.to_thread(self.ledger.replayable, account.name, key, self.window_s)
-            if earlier is not None:
-                return self._replay(replay(earlier, request_fingerprint), self.caller.usage)
+        if key is not None and self.caller.earlier is not None:  # looked up with the caller's usage
+            return self._replay(replay(self.caller.earlier, request_fingerprint), self.caller.usage)
         result, charge = await work()
         with self.stages.time("encode"):
             content = result.model_dump_json().encode()

@@ -109,8 +109,8 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "sharpzo_logits_stage_seconds",
-            "Server time of a charged /v1/logits request by stage: accept (receive, parse, authenticate), idempotency "
-            "(replay lookup), validate, queue, model, encode (the response), ledger (the commit).",
+            "Server time of a charged /v1/logits request by stage: accept (receive, parse, authenticate, the usage and "
+            "replay lookups), validate, queue, model, encode (the response), ledger (the commit).",
             ["stage"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
 

@@ -241,6 +241,13 @@ class Ledger:
         """The response kept under ``key`` within the last ``window_s`` seconds."""
         return self._replayable(self._db.run, account, key, time.time() - window_s)
 
+    def arrival(
+        self, account: str, quota: int | None, key: str | None, window_s: float
+    ) -> tuple[AccountUsage, Replayable | None]:
+        """What a request reads before its work, in one call (one thread hop for the server): the account's totals
+        and, under an idempotency key, the response kept for it within the last ``window_s`` seconds."""
+        return self.totals(account, quota), None if key is None else self.replayable(account, key, window_s)
+
     # --- image-set owners
 
     def own_image_set(self, set_id: str, owner: str) -> None:
