@@ -63,6 +63,7 @@ CLASSES = [
 ]  # 14 classes, as groceries
 SERVER_STAGES = ("accept", "idempotency", "validate", "queue", "model", "encode", "ledger")
 _TIMING = re.compile(r"([a-z_]+);dur=([0-9.]+)")
+API_KEY = "step-latency-bench-key-0123456789"
 FLOOR_IDLE = "no wait"
 FLOOR_WAITING = "waiting the model's median time"
 
@@ -93,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4, help="rounds per server (alternating when there is a baseline)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--baseline-ref", default=None, help="git commit whose server to compare against")
+    parser.add_argument("--auth", action="store_true",
+                        help="serve with auth on (one configured API key, as a deployment has) and send the key")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for every figure")
     return parser.parse_args(argv)
 
@@ -106,9 +109,16 @@ def _worktree(stack: ExitStack, ref: str) -> Path:
 
 def _server(stack: ExitStack, args: argparse.Namespace, source: Path | None) -> EmbeddedServer:
     env = {"SHARPZO_DEVICE": args.device, "SHARPZO_LEDGER": tempfile.mktemp(suffix=".sqlite3")}
+    if args.auth:
+        env |= {"SHARPZO_AUTH": "on", "SHARPZO_API_KEYS": f"bench:{API_KEY}:{10**12}"}
     if source is not None:
         env["PYTHONPATH"] = str(source / "src")  # before the editable install's path
     return stack.enter_context(EmbeddedServer(model=args.model, pretrained=args.pretrained, env=env))
+
+
+def _client(url: str, args: argparse.Namespace, timeout: float) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {API_KEY}"} if args.auth else {}
+    return httpx.Client(base_url=url, timeout=timeout, headers=headers)
 
 
 def _png(seed: int) -> str:
@@ -173,7 +183,7 @@ def _one_request(http: httpx.Client, side: Side, prompts: np.ndarray, labels: li
 
 
 def _round(side: Side, args: argparse.Namespace, rng: np.random.Generator, labels: list[int], width: int) -> None:
-    with httpx.Client(base_url=side.server.url, timeout=120) as http:
+    with _client(side.server.url, args, 120) as http:
         before = _metric_sums(http)
         for i in range(args.requests):
             prompts = rng.normal(0, 0.02, (args.candidates, args.m, width)).astype(np.float32)
@@ -187,7 +197,7 @@ def _floor_round(url: str, set_id: str, args: argparse.Namespace, rng: np.random
                  width: int, wait_ms: float, samples: list[float]) -> None:
     """The same requests' bytes to the transport floor, which waits ``wait_ms``; records round trip less its app time
     (ms), as "wire + HTTP" is for the real server."""
-    with httpx.Client(base_url=url, timeout=120) as http:
+    with _client(url, args, 120) as http:
         for _ in range(args.requests):
             prompts = rng.normal(0, 0.02, (args.candidates, args.m, width)).astype(np.float32)
             content = _request(set_id, prompts, labels).model_dump_json().encode()
@@ -319,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         width = 0
         for side in sides:
-            with httpx.Client(base_url=side.server.url, timeout=600) as http:
+            with _client(side.server.url, args, 600) as http:
                 width = http.get("/v1/model").json()["width"]
                 side.set_id = http.post("/v1/image-sets", json={"images": images}).json()["id"]
                 for _ in range(args.warmup):
