@@ -27,8 +27,8 @@ ObservationDep = Annotated[Observation, Depends(observation)]
 
 
 def _arrival(services: Services, api_key: str | None, idempotency_key: str | None) -> Caller | None:
-    """The caller, None for an unknown or revoked key; every ledger read a request makes before its work is here,
-    so that it costs one thread hop: the key (when the ledger keeps it), the usage, and the replay lookup."""
+    """The caller, None for an unknown or revoked key. The ledger reads that every request makes before its work are
+    all here, so that they cost one thread hop: the key (when the ledger keeps it), the usage, the replay lookup."""
     account = ANONYMOUS_ACCOUNT if services.authenticator is None else services.authenticator.account(api_key or "")
     if account is None:
         return None
@@ -48,7 +48,7 @@ async def current_caller(
     """The caller, with the rate limit applied; its usage goes on the route's answer, and on any error it raises."""
     if services.authenticator is not None and credentials is None:
         raise ApiError(401, "Authorization: missing; send 'Authorization: Bearer <API key>'", _CHALLENGE)
-    # Read raw, so that the replay lookup shares the hop above; `metered` validates the key and refuses a
+    # Read raw, so that the replay lookup shares the caller's hop; `metered` validates the key and refuses a
     # malformed one (which no stored response can have) before any work.
     idempotency_key = request.headers.get(IDEMPOTENCY_HEADER) if request.method == "POST" else None
     caller = await asyncio.to_thread(_arrival, services, credentials and credentials.credentials, idempotency_key)
