@@ -19,7 +19,7 @@ machines; and the transport floor (`bench/transport_floor.py`): the same request
 by the same client to uvicorn serving a bare ASGI app that only reads them and waits, once
 for nothing and once as long as the server's median model time. No server that speaks HTTP
 through this stack can spend less outside its model than the second one's round trip less
-its wait.
+the bare app's own time.
 
 Before/after: with ``--baseline-ref REF`` a second server runs the code of that git commit (a
 temporary ``git worktree``, imported first through PYTHONPATH), and rounds alternate
@@ -275,6 +275,7 @@ def _report(sides: list[Side], alone: InProcessModel, floors: dict[str, list[flo
         step = parts["step"]["median_ms"]
         model = parts.get("server model", parts["metrics model"])["median_ms"]
         client = parts["client encode"]["median_ms"] + parts["client decode + usage check"]["median_ms"]
+        floor_and_client = floor_median + client
         report["sides"][side.name] = {
             "parts": parts,
             "model_share_of_step": model / step,
@@ -282,7 +283,7 @@ def _report(sides: list[Side], alone: InProcessModel, floors: dict[str, list[flo
             # a step of this model and nothing but the floor (waiting as long) beside it, then with the client's own
             # encode and decode added; 10% allows model / 9 outside the model
             "floor_share_of_step": floor_median / (floor_median + model),
-            "floor_and_client_share_of_step": (floor_and_client := floor_median + client) / (floor_and_client + model),
+            "floor_and_client_share_of_step": floor_and_client / (floor_and_client + model),
             "outside_model_allowed_at_10_percent_ms": model / 9.0,
             "model_alone_share_of_step": alone_median / step,
             "mean_model_share_from_metrics": parts["metrics model"]["mean_ms"] / parts["step"]["mean_ms"],
