@@ -5,7 +5,7 @@ with its own time in Server-Timing ("app", as the real server does). No FastAPI,
 `bench/step_latency.py` times the same request bytes against it, with the same httpx client, in the same rounds as
 the real servers, waiting as long as the real server's model took: whatever a request costs outside the model can
 be no less than this round trip less the app's time. The wait matters on this VM: a client that sleeps 12 ms in its
-receive, and an event loop that sleeps as long, wake up about 0.9 ms later than after a wait of nothing.
+receive, and an event loop that sleeps as long, wake up 0.7–0.9 ms later than after a wait of nothing.
 """
 
 from __future__ import annotations
