@@ -65,7 +65,7 @@ class MeteredCall:
         request_fingerprint = fingerprint(self.request.url.path, await self.request.body())
         key = self.idempotency_key
         account = self.caller.account
-        if key is not None and self.caller.earlier is not None:  # looked up with the caller's usage
+        if self.caller.earlier is not None:  # looked up under this request's key, with the caller's usage
             return self._replay(replay(self.caller.earlier, request_fingerprint), self.caller.usage)
         result, charge = await work()
         with self.stages.time("encode"):
