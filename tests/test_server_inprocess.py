@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -93,6 +94,24 @@ def test_a_scoring_request_reads_the_ledger_in_one_thread_hop(http: TestClient, 
     retried = http.post("/v1/logits", json=body, headers={IDEMPOTENCY_HEADER: "one-hop-1"})
     assert retried.content == first.content and retried.headers[REPLAYED_HEADER] == "true"
     assert hops == ["_arrival"]
+
+
+def test_health_answers_while_the_model_thread_is_busy(http: TestClient) -> None:
+    """A batch holds the model thread: health is answered on the event loop meanwhile, not after the batch."""
+    busy, release = threading.Event(), threading.Event()
+
+    def batch() -> None:
+        busy.set()
+        release.wait(30)  # bounded, so that a health route that waits for the model thread fails, not hangs
+
+    held = http.app.state.services.executor.submit(batch)
+    try:
+        assert busy.wait(30)
+        assert http.get("/v1/health").status_code == 200
+        assert not held.done(), "health was answered only once the model thread was free"
+    finally:
+        release.set()
+    held.result(30)
 
 
 def test_serve_flags_override_settings_without_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ POST is charged once."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -92,9 +91,27 @@ def test_ledger_and_idempotency_survive_stop_and_sigkill(ledger_setting: str) ->
         server.stop()
 
 
+class FakeClock:
+    """A clock that moves only when the test advances it."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def ledger(ledger_setting: str) -> Iterator[Ledger]:
-    opened = open_ledger(ledger_setting)
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger(ledger_setting: str, clock: FakeClock) -> Iterator[Ledger]:
+    opened = open_ledger(ledger_setting, clock=clock)
     yield opened
     opened.close()
 
@@ -114,10 +131,11 @@ def test_commit_under_a_taken_key_returns_the_first_response(ledger: Ledger) -> 
     assert ledger.commit("b", None, charge(1, 1, 1), "key", "f1", b"{}", 60.0).earlier is None  # keys are per account
 
 
-def test_responses_expire_after_the_window(ledger: Ledger) -> None:
-    window = 0.5  # long enough for a loaded machine to look it up in time
+def test_responses_expire_after_the_window(ledger: Ledger, clock: FakeClock) -> None:
+    window = 60.0
     ledger.commit("a", None, charge(1, 1, 1), "key", "f", b"{}", window)
+    clock.advance(window - 1)
     assert ledger.replayable("a", "key", window) is not None
-    time.sleep(window + 0.1)
+    clock.advance(2)
     assert ledger.replayable("a", "key", window) is None
     assert ledger.commit("a", None, charge(1, 1, 1), "key", "f", b"{}", window).earlier is None

@@ -18,6 +18,8 @@ from sharpzo.shared.protocol import AccountUsage, Usage
 Row = tuple[object, ...]
 Execute = Callable[[str, Sequence[object]], list[Row]]
 """Runs one statement with ``?`` placeholders; returns its rows (none for a statement without results)."""
+Clock = Callable[[], float]
+"""Seconds since the epoch: when keys are made and revoked, and how old a kept response is."""
 
 # Each migration takes the schema from version i to i + 1; {bytes} is the dialect's byte-string type. Version 1
 # is the schema of ledgers made before versioning, so applying it to one of those changes nothing.
@@ -113,10 +115,12 @@ class Database(Protocol):
 
 
 class Ledger:
-    """Thread-safe; several processes (server replicas, ``sharpzo keys``) may share one database."""
+    """Thread-safe; several processes (server replicas, ``sharpzo keys``) may share one database. ``clock`` is
+    read for every timestamp (a test passes one it advances)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock = time.time) -> None:
         self._db = db
+        self._clock = clock
         self.location = db.location
         self._prune_at = 0.0
         try:
@@ -154,13 +158,13 @@ class Ledger:
         """Raises ValueError when the name (revoked ones included) or the key is taken."""
         try:
             self._db.run("INSERT INTO api_keys (name, key_hash, quota, created) VALUES (?, ?, ?, ?)",
-                         (name, key_hash, quota, time.time()))
+                         (name, key_hash, quota, self._clock()))
         except DuplicateRow as exc:
             raise ValueError(f"a key named {name!r} is already in the ledger (revoked keys keep their name)") from exc
 
     def revoke_key(self, name: str) -> bool:
         rows = self._db.run("UPDATE api_keys SET revoked = ? WHERE name = ? AND revoked IS NULL RETURNING name",
-                            (time.time(), name))
+                            (self._clock(), name))
         return len(rows) == 1
 
     def keys(self) -> list[StoredKey]:
@@ -195,7 +199,7 @@ class Ledger:
         response is returned instead. Raises QuotaExceeded, charging nothing, when the charge would pass
         ``quota``.
         """
-        now = time.time()
+        now = self._clock()
         if key is not None and now >= self._prune_at:
             self._prune_at = now + _PRUNE_EVERY_S
             self._db.run("DELETE FROM responses WHERE created < ?", (now - window_s,))
@@ -239,7 +243,7 @@ class Ledger:
 
     def replayable(self, account: str, key: str, window_s: float) -> Replayable | None:
         """The response kept under ``key`` within the last ``window_s`` seconds."""
-        return self._replayable(self._db.run, account, key, time.time() - window_s)
+        return self._replayable(self._db.run, account, key, self._clock() - window_s)
 
     def arrival(
         self, account: str, quota: int | None, key: str | None, window_s: float
