@@ -4,7 +4,7 @@ Stage 1, per iteration: a gradient estimate ĝ at the CMA mean θ gives
 ε* = ρ ĝ/‖ĝ‖; the population w_i is evaluated at w_i + ε* and told to CMA-ES
 unshifted. With the automatic switch a 1-point "val" ask of θ follows. Stage 2
 starts from θ: every ``mask_interval`` steps a mask Ω is scored, and each step is
-one masked random-direction ZO-SGD step (2 queries), optionally ZO-SAM's (``sam_rho``:
+one masked random-direction ZO-SGD step (2q queries: q directions), optionally ZO-SAM's (``sam_rho``:
 the pair evaluated at an ascent from w along the running average of the estimates).
 
 Where ĝ comes from (``sharpness``):
@@ -85,6 +85,7 @@ class SharpZOConfig(CMAConfig):
         "same", "same: η as dense ZO-SGD; rescaled: η·(d+2)/(k+2) for k kept coordinates (the RGE second-moment ratio)"
     )
     rge_mu: float = option(1e-2, "μr, length in spreads of the stage-2 probes (directional derivatives within 5%: estimators.py)")
+    directions: int = option(1, "q: stage-2 random directions averaged per step, sent in one request (2q queries a step)")
     sam_rho: float = option(
         0.0, "ZO-SAM stage 2: length in spreads of the ascent ε = ρ·m/‖m‖ at which each step's pair is evaluated, "
         "m a running average of the estimates (descent.py); 0: off"
@@ -109,7 +110,8 @@ class SharpZOConfig(CMAConfig):
         super().__post_init__()
         require(self.rho >= 0, f"rho must be non-negative, got {self.rho}")
         require(0.0 < self.mask_fraction <= 1.0, f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
-        counts = (self.sharpness_probes, self.patience, self.mask_interval, self.shift_generations, self.mask_generations)
+        counts = (self.sharpness_probes, self.directions, self.patience, self.mask_interval,
+                  self.shift_generations, self.mask_generations)
         require(min(counts) >= 1, "counts must be at least 1")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
         require(self.sam_rho >= 0, f"sam_rho must be non-negative, got {self.sam_rho}")
@@ -278,7 +280,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
         if c.mask_lr == "rescaled" and c.mask_fraction < 1.0:
             kept = max(1, int(c.mask_fraction * self.dim + 0.5))
             lr *= (self.dim + 2) / (kept + 2)
-        self._descent = RandomDirectionDescent(self._cma.mean, lr, c.rge_mu, 1, self.rng,
+        self._descent = RandomDirectionDescent(self._cma.mean, lr, c.rge_mu, c.directions, self.rng,
                                                w_norm(c.sam_rho, self.dim), c.sam_beta)
         self._cma = None  # megabytes of covariance that every stage-2 checkpoint would otherwise carry
         if self._free_masks():
