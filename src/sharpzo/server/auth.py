@@ -32,10 +32,12 @@ def usage_headers(usage: AccountUsage) -> dict[str, str]:
 @dataclass(frozen=True)
 class Caller:
     """The account a request is charged to, and what the ledger held for it when the request came in: the account's
-    usage and, for a POST with an idempotency key, the response an earlier try under that key was charged for."""
+    usage and, for a charged POST with an idempotency key (validated), the response an earlier try under that key
+    was charged for."""
 
     account: Account
     usage: AccountUsage
+    idempotency_key: str | None = None
     earlier: Replayable | None = None
 
     def headers(self) -> dict[str, str]:
@@ -75,3 +77,13 @@ class Authenticator:
             return Account(spec.name, spec.quota)
         stored = self.ledger.find_key(key_hash)
         return None if stored is None else Account(stored.name, stored.quota)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What admits a request: the keys (None: auth is off), the per-key rate limit, and the ledger it reads."""
+
+    ledger: Ledger
+    authenticator: Authenticator | None
+    limiter: TokenBucket | None
+    idempotency_window_s: float

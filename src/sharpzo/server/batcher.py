@@ -34,6 +34,10 @@ class LogitsJob:
     model_s: float = 0.0  # its batch's model time, set when the batch ends
 
     @property
+    def candidates(self) -> int:
+        return int(self.prompts.shape[0])
+
+    @property
     def group(self) -> tuple[tuple[str, ...], int]:
         return self.suffixes.names, self.suffixes.m
 

@@ -1,85 +1,84 @@
-"""Per-request dependencies: who is calling (with their usage on every answer, errors included) and the metering."""
+"""Per-request dependencies: who is calling, and for a charged POST its validated idempotency key.
+
+The caller's usage goes on the route's answer here; on an error answer the error handlers add it from the request's
+`Observation`, noted here once the caller is known.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request, Response, Security
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from sharpzo.shared.protocol import IDEMPOTENCY_HEADER
-
-from .auth import ANONYMOUS_ACCOUNT, Caller
-from .errors import ApiError, invalid_request
-from .idempotency import IdempotencyKey
-from .metering import MeteredCall
-from .metrics import Observation, observation
-from .services import Services, ServicesDep
+from .auth import ANONYMOUS_ACCOUNT, Admission, Caller
+from .errors import ApiError
+from .idempotency import IdempotencyHeader, malformed
+from .observation import current_observation
+from .services import AdmissionDep
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `sharpzo keys add NAME --quota N` prints one.")
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
-ObservationDep = Annotated[Observation, Depends(observation)]
 
-
-def _arrival(services: Services, api_key: str | None, idempotency_key: str | None) -> Caller | None:
+def _arrival(admission: Admission, api_key: str | None, idempotency_key: str | None) -> Caller | None:
     """The caller, None for an unknown or revoked key. The ledger reads that every request makes before its work are
     all here, so that they cost one thread hop: the key (when the ledger keeps it), the usage, the replay lookup."""
-    account = ANONYMOUS_ACCOUNT if services.authenticator is None else services.authenticator.account(api_key or "")
+    account = ANONYMOUS_ACCOUNT if admission.authenticator is None else admission.authenticator.account(api_key or "")
     if account is None:
         return None
-    usage, earlier = services.ledger.arrival(
-        account.name, account.quota, idempotency_key, services.settings.idempotency_window_s
+    usage, earlier = admission.ledger.arrival(
+        account.name, account.quota, idempotency_key, admission.idempotency_window_s
     )
-    return Caller(account, usage, earlier)
+    return Caller(account, usage, idempotency_key, earlier)
+
+
+async def _admit(
+    admission: Admission, response: Response, credentials: HTTPAuthorizationCredentials | None, key: str | None
+) -> Caller:
+    """Authenticate, read the ledger once, apply the rate limit, refuse a malformed ``key``; the caller's usage goes
+    on the answer, an error's too."""
+    if admission.authenticator is not None and credentials is None:
+        raise ApiError(401, "Authorization: missing; send 'Authorization: Bearer <API key>'", _CHALLENGE)
+    refused = malformed(key)
+    caller = await asyncio.to_thread(
+        _arrival, admission, credentials and credentials.credentials, None if refused else key
+    )
+    if caller is None:
+        raise ApiError(401, "Authorization: unknown or revoked API key", _CHALLENGE)
+    seen = current_observation()
+    seen.key, seen.usage = caller.account.name, caller.usage
+    if admission.limiter is not None:
+        wait = admission.limiter.take(caller.account.name)
+        if wait > 0:
+            raise ApiError(
+                429, f"rate: key {caller.account.name!r} is over {admission.limiter.rate:g} requests/s",
+                {"Retry-After": str(math.ceil(wait))}, code="rate_limited",
+            )
+    if refused is not None:
+        raise refused
+    response.headers.update(caller.headers())
+    return caller
 
 
 async def current_caller(
-    request: Request,
+    response: Response, admission: AdmissionDep, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
+) -> Caller:
+    """The caller of an uncharged route, with the rate limit applied."""
+    return await _admit(admission, response, credentials, None)
+
+
+async def charged_caller(
     response: Response,
-    services: ServicesDep,
-    seen: ObservationDep,
+    admission: AdmissionDep,
     credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
-) -> AsyncIterator[Caller]:
-    """The caller, with the rate limit applied; its usage goes on the route's answer, and on any error it raises."""
-    if services.authenticator is not None and credentials is None:
-        raise ApiError(401, "Authorization: missing; send 'Authorization: Bearer <API key>'", _CHALLENGE)
-    # Read raw, so that the replay lookup shares the caller's hop; `metered` validates the key and refuses a
-    # malformed one (which no stored response can have) before any work.
-    idempotency_key = request.headers.get(IDEMPOTENCY_HEADER) if request.method == "POST" else None
-    caller = await asyncio.to_thread(_arrival, services, credentials and credentials.credentials, idempotency_key)
-    if caller is None:
-        raise ApiError(401, "Authorization: unknown or revoked API key", _CHALLENGE)
-    seen.key = caller.account.name
-    if services.limiter is not None:
-        wait = services.limiter.take(caller.account.name)
-        if wait > 0:
-            raise ApiError(
-                429, f"rate: key {caller.account.name!r} is over {services.limiter.rate:g} requests/s",
-                {"Retry-After": str(math.ceil(wait)), **caller.headers()}, code="rate_limited",
-            )
-    response.headers.update(caller.headers())
-    try:
-        yield caller
-    except RequestValidationError as exc:  # the body is validated after this dependency ran
-        raise invalid_request(exc).with_headers(caller.headers()) from exc
-    except ApiError as exc:
-        raise exc.with_headers(caller.headers()) from exc
+    idempotency_key: IdempotencyHeader = None,
+) -> Caller:
+    """The caller of a charged POST, with its idempotency key and the response kept under it, if any."""
+    return await _admit(admission, response, credentials, idempotency_key)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
-
-
-async def metered(
-    request: Request, caller: CallerDep, services: ServicesDep, seen: ObservationDep, idempotency_key: IdempotencyKey = None
-) -> MeteredCall:
-    return MeteredCall(
-        request, caller, idempotency_key, services.ledger, services.settings.idempotency_window_s, services.metrics, seen
-    )
-
-
-MeteredDep = Annotated[MeteredCall, Depends(metered)]
+ChargedCallerDep = Annotated[Caller, Depends(charged_caller)]

@@ -9,7 +9,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sharpzo.shared.protocol import ErrorBody, ErrorCode
 
+from .auth import usage_headers
 from .ledger import LedgerUnavailable
+from .observation import current_observation
 
 # A ledger outage is usually a restart or a network fault: a short wait is worth a retry.
 UNAVAILABLE_RETRY_AFTER_S = 5
@@ -74,14 +76,20 @@ def _answer(exc: ApiError) -> JSONResponse:
     )
 
 
+def _with_caller_usage(exc: ApiError) -> ApiError:
+    """A request's error with its caller's usage headers under its own, once the caller is known."""
+    usage = current_observation().usage
+    return exc if usage is None else exc.with_headers(usage_headers(usage))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _answer(exc)
+        return _answer(_with_caller_usage(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _answer(invalid_request(exc))
+        return _answer(_with_caller_usage(invalid_request(exc)))
 
     @app.exception_handler(LedgerUnavailable)
     async def _ledger_down(_: Request, exc: LedgerUnavailable) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 Features are keyed by content (model, image-tower weights, preprocessing, augmentation and the image bytes), so
 the same images are encoded once for everyone; which account may use a set stays in the ledger's ``image_sets``
-table, checked before any lookup here (`images.OwnedImageSets`).
+table, checked before any lookup here (`images.ImageSets`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Annotated
 
 from fastapi import Header
@@ -12,15 +13,26 @@ from sharpzo.shared.protocol import IDEMPOTENCY_HEADER
 from .errors import ApiError
 from .ledger import Replayable
 
-IdempotencyKey = Annotated[
+_PATTERN = r"^[!-~]{1,255}$"
+
+# Declared for the schema, not checked by FastAPI: the caller's dependency checks it where it reads it (`malformed`),
+# so that a bad API key is a 401 first and a malformed key is never looked up.
+IdempotencyHeader = Annotated[
     str | None,
     Header(
         alias=IDEMPOTENCY_HEADER,
-        pattern=r"^[!-~]{1,255}$",
+        json_schema_extra={"pattern": _PATTERN},
         description="A fresh value per logical request (a UUID), the same on its retries: a retry within the "
         "server's window gets the first response again and is charged once.",
     ),
 ]
+
+
+def malformed(key: str | None) -> ApiError | None:
+    """The 422 for a key that does not fit the pattern, worded as FastAPI words a header that fails one."""
+    if key is None or re.fullmatch(_PATTERN, key) is not None:
+        return None
+    return ApiError(422, f"header.{IDEMPOTENCY_HEADER}: String should match pattern '{_PATTERN}'")
 
 
 def fingerprint(path: str, body: bytes) -> str:

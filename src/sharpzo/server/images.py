@@ -1,4 +1,5 @@
-"""Image sets: decode uploaded images, preprocess with the model's transform, keep normalised features."""
+"""Image sets: decode uploaded images, preprocess with the model's transform, keep normalised features; each set
+belongs to its uploader."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import hashlib
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ApiError
 from .feature_store import SharedFeatureStore
 from .ledger import Ledger
 from .model import LoadedModel
@@ -154,15 +158,25 @@ class ImageSetStore:
         return self._persist(ImageSet(set_id, features), content)
 
 
-class OwnedImageSets:
-    """The store as one account sees it: another account's image set is as unknown as a missing one."""
+class ImageSets:
+    """The image sets as one account sees them (another account's set is as unknown as a missing one), uploaded
+    and joined on the model thread within the server's limit of images per set."""
 
-    def __init__(self, store: ImageSetStore, ledger: Ledger) -> None:
+    def __init__(self, store: ImageSetStore, ledger: Ledger, model_thread: Executor, max_images: int) -> None:
         self.store = store
         self.ledger = ledger
+        self.model_thread = model_thread
+        self.max_images = max_images
         self._owners: dict[str, str] = {}  # an id is derived from its owner, so it never changes hands
 
-    async def get(self, set_id: str, owner: str) -> ImageSet | None:
+    async def owned(self, set_id: str, owner: str, field: str = "image_set") -> ImageSet:
+        """The owner's set, or a 404 naming ``field``."""
+        image_set = await self._lookup(set_id, owner)
+        if image_set is None:
+            raise ApiError(404, f"{field}: no image set {set_id!r} on this server", code="unknown_image_set")
+        return image_set
+
+    async def _lookup(self, set_id: str, owner: str) -> ImageSet | None:
         found = self._owners.get(set_id) or await asyncio.to_thread(self.ledger.image_set_owner, set_id)
         if found is not None:
             self._owners[set_id] = found
@@ -172,6 +186,28 @@ class OwnedImageSets:
         # lookup must not wait behind a running batch
         return self.store.in_memory(set_id) or await asyncio.to_thread(self.store.get, set_id)
 
-    async def record(self, image_set: ImageSet, owner: str) -> None:
+    async def create(self, owner: str, images: list[str], augment: bool, seed: int) -> ImageSet:
+        if len(images) > self.max_images:
+            raise ApiError(422, f"images: {len(images)} images is over the limit of {self.max_images}")
+        set_id = image_set_id(self.store.loaded, images, augment, seed, owner=owner)
+        try:
+            image_set = await self._on_model_thread(self.store.create, set_id, images, augment, seed)
+        except ImageError as exc:
+            raise ApiError(422, str(exc)) from exc
+        return await self._record(image_set, owner)
+
+    async def concat(self, owner: str, part_ids: list[str]) -> ImageSet:
+        parts = [await self.owned(part, owner, f"parts[{i}]") for i, part in enumerate(part_ids)]
+        total = sum(p.count for p in parts)
+        if total > self.max_images:
+            raise ApiError(422, f"parts: {total} images in all is over the limit of {self.max_images}")
+        image_set = await self._on_model_thread(self.store.concat, concat_set_id(part_ids, owner), parts)
+        return await self._record(image_set, owner)
+
+    async def _on_model_thread(self, fn: Callable[..., ImageSet], *args: object) -> ImageSet:
+        return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
+
+    async def _record(self, image_set: ImageSet, owner: str) -> ImageSet:
         await asyncio.to_thread(self.ledger.own_image_set, image_set.id, owner)
         self._owners[image_set.id] = owner
+        return image_set

@@ -8,9 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-from fastapi import Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.datastructures import MutableHeaders
@@ -19,28 +17,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sharpzo.shared.protocol import SERVER_TIMING_HEADER, Usage
 
 from .batcher import BatchStats
+from .observation import Observation, begin_observation
 
 ACCESS_LOG = logging.getLogger("sharpzo.access")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _POWERS_OF_TWO = tuple(float(2**k) for k in range(14))
-
-
-_OBSERVATION = "sharpzo.observation"
-
-
-@dataclass
-class Observation:
-    """One request as the access log sees it: made by ObserveMiddleware, filled in by the handler's dependencies."""
-
-    started: float  # perf_counter when the request reached the app
-    key: str | None = None
-    queries: int = 0
-
-
-async def observation(request: Request) -> Observation:
-    """Dependency: the request's Observation (async: FastAPI would run a plain function in its thread pool)."""
-    return request.scope[_OBSERVATION]
 
 
 class StageTimes:
@@ -144,7 +126,7 @@ class ObserveMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        seen = scope[_OBSERVATION] = Observation(time.perf_counter())
+        seen = begin_observation()
         status = 500  # what the client gets if the app raises before it answers
 
         async def send_observed(message: Message) -> None:

@@ -1,4 +1,4 @@
-"""The server's long-lived parts, built once per app and handed to the routes through ``Depends``."""
+"""The server's long-lived parts, built once per app; each route depends (``Depends``) on the parts it uses."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ from fastapi import Depends, Request
 
 from sharpzo.shared.protocol import Limits, ModelInfo
 
-from .auth import Authenticator, TokenBucket
+from .auth import Admission, Authenticator, TokenBucket
 from .batcher import MicroBatcher
 from .feature_store import SharedFeatureStore
-from .images import ImageSetStore, OwnedImageSets
+from .images import ImageSets, ImageSetStore
 from .keys import configured_keys
 from .ledger import Ledger, open_ledger
+from .metering import Metering
 from .metrics import Metrics
 from .model import LoadedModel, load_model
+from .scorer import Scorer, ScoringLimits
 from .settings import ServerSettings
 from .text import PromptedTextEncoder
 
@@ -27,18 +29,21 @@ T = TypeVar("T")
 
 @dataclass
 class Services:
+    """Everything the app is built from: the app starts and stops it; routes take only the parts they use."""
+
     settings: ServerSettings
     loaded: LoadedModel
     info: ModelInfo
     ledger: Ledger
     encoder: PromptedTextEncoder
     store: ImageSetStore
-    image_sets: OwnedImageSets
     executor: ThreadPoolExecutor  # the model thread: image encoding and scoring batches
     batcher: MicroBatcher
     metrics: Metrics
-    authenticator: Authenticator | None  # None: auth is off
-    limiter: TokenBucket | None
+    admission: Admission
+    image_sets: ImageSets
+    scorer: Scorer
+    metering: Metering
 
     async def on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -74,6 +79,17 @@ def build_services(settings: ServerSettings, loaded: LoadedModel | None = None) 
         on_batch=metrics.on_batch,
     )
     auth_on = settings.auth == "on"
+    admission = Admission(
+        ledger,
+        Authenticator(ledger, api_keys) if auth_on else None,
+        TokenBucket(settings.rate_limit_rps, settings.rate_limit_burst) if auth_on else None,
+        settings.idempotency_window_s,
+    )
+    image_sets = ImageSets(store, ledger, executor, settings.max_images_per_set)
+    limits = ScoringLimits(
+        settings.max_candidates, settings.max_classes, settings.max_images_per_request, settings.max_logit_elements,
+        loaded.width, loaded.context_length,
+    )
     return Services(
         settings=settings,
         loaded=loaded,
@@ -81,12 +97,13 @@ def build_services(settings: ServerSettings, loaded: LoadedModel | None = None) 
         ledger=ledger,
         encoder=encoder,
         store=store,
-        image_sets=OwnedImageSets(store, ledger),
         executor=executor,
         batcher=batcher,
         metrics=metrics,
-        authenticator=Authenticator(ledger, api_keys) if auth_on else None,
-        limiter=TokenBucket(settings.rate_limit_rps, settings.rate_limit_burst) if auth_on else None,
+        admission=admission,
+        image_sets=image_sets,
+        scorer=Scorer(limits, encoder, image_sets, batcher),
+        metering=Metering(ledger, settings.idempotency_window_s, metrics),
     )
 
 
@@ -95,4 +112,18 @@ async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
+def _part(of: Callable[[Services], T]) -> Any:
+    """A dependency on one part of the app's services (async, like `get_services`)."""
+
+    async def part(request: Request) -> T:
+        return of(request.app.state.services)
+
+    return Depends(part)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
+AdmissionDep = Annotated[Admission, _part(lambda services: services.admission)]
+ImageSetsDep = Annotated[ImageSets, _part(lambda services: services.image_sets)]
+ScorerDep = Annotated[Scorer, _part(lambda services: services.scorer)]
+MeteringDep = Annotated[Metering, _part(lambda services: services.metering)]
+MetricsDep = Annotated[Metrics, _part(lambda services: services.metrics)]
