@@ -51,14 +51,20 @@ def sharpness_at(runs: dict[str, list[Path]], when: str) -> dict[str, np.ndarray
     return out
 
 
-def _save(fig: plt.Figure, ax: plt.Axes, title: str, out: Path) -> None:
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+def save_figure(fig: plt.Figure, out: Path, title: str | None = None) -> None:
+    if title is not None:
+        fig.suptitle(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def _save(fig: plt.Figure, ax: plt.Axes, title: str, out: Path) -> None:
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, out)
 
 
 def _error_bar(values: np.ndarray) -> float:

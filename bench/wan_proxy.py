@@ -34,11 +34,12 @@ CHUNK = 65536
 
 @dataclass
 class Faults:
-    """How many times each fault is still to happen (decremented as they do)."""
+    """How many times each fault is still to happen (decremented as they do), to requests that start with ``only``."""
 
     drop_responses: int = 0
     drop_requests: int = 0
     stall_responses: int = 0
+    only: bytes = b""  # e.g. b"POST /v1/logits": the faults hit those requests (and their responses) alone
 
     def take(self, name: str) -> bool:
         left = getattr(self, name)
@@ -63,6 +64,7 @@ class _Turn:
     """Whose turn it is on one connection: a request has started and its response has not."""
 
     request_open: bool = False
+    targeted: bool = False  # the open request is one the faults are for
 
 
 class _Link:
@@ -182,23 +184,26 @@ class WanProxy:
             await asyncio.gather(*writers, return_exceptions=True)
         cutter.cancel()
 
-    async def _pump(self, reader: asyncio.StreamReader, link: _Link, direction: str, turn: _Turn, cut: asyncio.Event) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, link: _Link, direction: str, turn: _Turn, cut: asyncio.Event
+    ) -> None:
         """Read one side and queue for the other; an end of stream (or a reset) closes the other side in order."""
         try:
             while data := await reader.read(CHUNK):
                 if direction == "up" and not turn.request_open:  # the first bytes of a request
                     turn.request_open = True
-                    if self._fault("drop_requests"):
+                    turn.targeted = data.startswith(self.faults.only)
+                    if turn.targeted and self._fault("drop_requests"):
                         link.put(data[: len(data) // 2])
                         await asyncio.sleep(self.delay_s + 0.05)
                         cut.set()
                         return
                 if direction == "down" and turn.request_open:  # the first bytes of its response
                     turn.request_open = False
-                    if self._fault("drop_responses"):
+                    if turn.targeted and self._fault("drop_responses"):
                         cut.set()
                         return
-                    if self._fault("stall_responses"):
+                    if turn.targeted and self._fault("stall_responses"):
                         while await reader.read(CHUNK):  # swallowed until the client gives up and both close
                             pass
                         return

@@ -4,8 +4,15 @@ One ``httpx.AsyncClient`` (one connection pool) and one concurrency gate per ``A
 A population is split into requests of at most the server's ``max_candidates`` that run
 concurrently; every POST carries an Idempotency-Key that stays the same across its retries,
 so a server that deduplicates charges a retried request once. Whether to retry is decided
-by the error body's machine-readable ``code``. The query budget is not kept here: the
+by the error body's machine-readable ``code``; a connection dropped, reset or silent past the
+read timeout is retried too (the key makes that safe). The query budget is not kept here: the
 optimiser's loop checks it (``Optimizer.optimize``).
+
+For a far-away server: bodies of ``COMPRESS_MIN_BYTES`` or more are sent gzip-compressed when
+the server's ``/v1/model`` lists gzip among its ``request_encodings`` (about 0.76 of the bytes
+of a soft-prompt body, losslessly); the timeouts are per phase (connect, then each read and
+write), so a stalled connection is given up after ``timeout`` seconds of silence, not after a
+whole request's worth; ``ca_bundle`` trusts a private CA (``SSL_CERT_FILE`` works too).
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import ssl
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -41,6 +51,9 @@ from sharpzo.shared.tensors import Tensor
 # Waiting helps these; an exhausted quota (and every other 4xx) does not refill by waiting.
 RETRIED_CODES: frozenset[ErrorCode] = frozenset({"rate_limited", "unavailable"})
 _JSON = {"Content-Type": "application/json"}
+COMPRESS_MIN_BYTES = 4096
+# A server never reached (refused, unknown host) is more likely a wrong URL than a restart: give up sooner.
+FIRST_CONTACT_ATTEMPTS = 3
 
 
 class ApiRequestError(RuntimeError):
@@ -85,22 +98,28 @@ class ApiClient:
         self,
         base_url: str,
         api_key: str | None = None,
-        timeout: float = 300.0,
+        timeout: float = 120.0,
         concurrency: int = 4,
         retries: int = 6,
         backoff: float = 0.5,
         max_backoff: float = 20.0,
         request_candidates: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_bundle: str | None = None,
+        compress: bool = True,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=headers,
-            timeout=httpx.Timeout(timeout, connect=10.0),
+            # per phase: a connection silent for ``timeout`` seconds is given up (and retried), however long the run
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             limits=httpx.Limits(max_connections=max(concurrency, 1) + 2),
             transport=transport,  # None: the network; tests pass an httpx.MockTransport
+            verify=True if ca_bundle is None else _trusting(ca_bundle),
         )
+        self.compress = compress
+        self._reached = False  # some request got an HTTP answer
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
         self._gate = asyncio.Semaphore(max(concurrency, 1))
@@ -120,12 +139,17 @@ class ApiClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def _encode(self, body: BaseModel) -> tuple[bytes, dict[str, str]]:
+        content = body.model_dump_json().encode()
+        if self.compress and len(content) >= COMPRESS_MIN_BYTES and "gzip" in (await self.model_info()).request_encodings:
+            return zlib.compress(content, 1, wbits=31), {**_JSON, "Content-Encoding": "gzip"}
+        return content, dict(_JSON)
+
     async def _send(self, method: str, path: str, body: BaseModel | None = None) -> httpx.Response:
         # The body is serialised once, here, and sent as it is on every retry.
-        content = None if body is None else body.model_dump_json().encode()
-        headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex} if method == "POST" else {}
-        if content is not None:
-            headers.update(_JSON)
+        content, headers = (None, {}) if body is None else await self._encode(body)
+        if method == "POST":
+            headers[IDEMPOTENCY_HEADER] = uuid.uuid4().hex
         last: str = ""
         for attempt in range(self.retries + 1):
             try:
@@ -134,11 +158,21 @@ class ApiClient:
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 delay = None
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # waiting will not make the certificate trusted
+                    raise ApiRequestError(None, f"the TLS certificate of {self.base_url} is not trusted ({exc}); for a "
+                                                "private CA pass --ca-bundle PEM or set SSL_CERT_FILE") from None
+                if not self._reached and isinstance(exc, httpx.ConnectError) and attempt + 1 >= FIRST_CONTACT_ATTEMPTS:
+                    raise ApiRequestError(None, f"cannot reach the server at {self.base_url} ({last}); check the "
+                                                "URL (--server) and that the server is running") from None
             else:
+                self._reached = True
                 if response.status_code < 400:
                     return response
                 detail, code = _error(response)
                 if not should_retry(response.status_code, code):
+                    if code is None and response.status_code == 404:  # not a SharpZO error body
+                        detail = (f"{self.base_url}{API_PREFIX}{path} does not exist there: is {self.base_url} the "
+                                  "URL of a SharpZO server?")
                     raise ApiRequestError(response.status_code, detail, code)
                 last = f"HTTP {response.status_code}: {detail}"
                 delay = _retry_after(response)
@@ -146,11 +180,20 @@ class ApiClient:
                 break
             wait = min(self.max_backoff, self.backoff * 2**attempt)
             await asyncio.sleep(delay if delay is not None else wait * (0.5 + self._jitter.random()))
-        raise ApiRequestError(None, f"{method} {path} failed after {self.retries + 1} attempts; last error: {last}")
+        raise ApiRequestError(
+            None, f"{method} {self.base_url}{API_PREFIX}{path} failed after {self.retries + 1} attempts; last error: {last}"
+        )
 
     async def model_info(self) -> ModelInfo:
         if self._model is None:
-            self._model = ModelInfo.model_validate_json((await self._send("GET", "/model")).content)
+            response = await self._send("GET", "/model")
+            try:
+                self._model = ModelInfo.model_validate_json(response.content)
+            except ValueError:
+                raise ApiRequestError(
+                    response.status_code, f"{self.base_url}{API_PREFIX}/model did not answer a SharpZO model "
+                    "description: is this the URL of a SharpZO server?",
+                ) from None
         return self._model
 
     async def token_embeddings(self, text: str) -> np.ndarray:
@@ -221,6 +264,16 @@ class ApiClient:
             accuracy=None if labels is None else np.concatenate([r.accuracy for r in responses]),
             logits=(np.concatenate([r.logits.to_numpy() for r in responses]) if responses[0].logits is not None else None),
         )
+
+
+def _trusting(ca_bundle: str) -> ssl.SSLContext:
+    """TLS that trusts the certificates of ``ca_bundle`` (a PEM file or a folder of them), e.g. a private CA."""
+    try:
+        if Path(ca_bundle).is_dir():
+            return ssl.create_default_context(capath=ca_bundle)
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--ca-bundle {ca_bundle}: not a readable PEM bundle ({exc})") from None
 
 
 def _error(response: httpx.Response) -> tuple[str, str | None]:

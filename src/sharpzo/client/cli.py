@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Evaluate a prompt.npz from a run (or zero-shot with no --prompt) on a "
                               "dataset's held-out evaluation set.")
     _add_source_args(evaluate)
-    add_setting_flags(evaluate, ("shots", "seed", "server", "api_key"))
+    add_setting_flags(evaluate, ("shots", "seed", "server", "api_key", "ca_bundle"))
     evaluate.add_argument("--prompt", type=Path, help="prompt.npz written by `sharpzo tune`; omit for zero-shot")
 
     plot = sub.add_parser("plot", help="plot test accuracy against queries for run directories")
@@ -105,7 +105,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     settings = settings_from_args(args)
     accuracy = asyncio.run(
-        evaluate_prompt(args.dataset, args.prompt, settings.server, settings.api_key, settings.shots, settings.seed)
+        evaluate_prompt(args.dataset, args.prompt, settings.server, settings.api_key, settings.shots, settings.seed,
+                        settings.ca_bundle)
     )
     print(json.dumps(accuracy))
 

@@ -14,10 +14,11 @@ from .tasks import resolve_task
 
 
 async def evaluate_prompt(
-    data: str | FewShotTask, prompt: Path | None, server: str | None, api_key: str | None, shots: int = 16, seed: int = 0
+    data: str | FewShotTask, prompt: Path | None, server: str | None, api_key: str | None, shots: int = 16, seed: int = 0,
+    ca_bundle: str | None = None,
 ) -> dict[str, float]:
     task = resolve_task(data, shots, seed)
-    async with connect(server, api_key) as api:
+    async with connect(server, api_key, ca_bundle=ca_bundle) as api:
         if prompt is None:
             ctx = await api.token_embeddings(DEFAULT_INIT_TEXT)
         else:

@@ -23,13 +23,18 @@ from .tune import Tuner, TuneResult
 
 
 @asynccontextmanager
-async def connect(server: str | None, api_key: str | None = None, concurrency: int = 4) -> AsyncIterator[ApiClient]:
+async def connect(
+    server: str | None, api_key: str | None = None, concurrency: int = 4, ca_bundle: str | None = None,
+    timeout: float = 120.0,
+) -> AsyncIterator[ApiClient]:
     """An ApiClient for ``server``, or for an embedded stand-in server started (and stopped) here."""
     if server is None:
         require_server("without --server, the embedded server")
     embedded = None if server is not None else await asyncio.to_thread(EmbeddedServer().start)
     try:
-        async with ApiClient(server or embedded.url, api_key=api_key, concurrency=concurrency) as api:
+        async with ApiClient(
+            server or embedded.url, api_key=api_key, concurrency=concurrency, ca_bundle=ca_bundle, timeout=timeout
+        ) as api:
             yield api
     finally:
         if embedded is not None:
@@ -44,7 +49,7 @@ async def run_tune(data: Data, settings: TuneSettings) -> TuneResult:
     """One tuning run of ``data`` with ready ``settings``."""
     task = resolve_task(data, settings.shots, settings.seed, settings.test_data, settings.allow_fewer)
     run_dir = settings.out if settings.out is not None else Path("runs") / f"{task.name}-{settings.method}-s{settings.seed}"
-    async with connect(settings.server, settings.api_key, settings.concurrency) as api:
+    async with connect(settings.server, settings.api_key, settings.concurrency, settings.ca_bundle, settings.timeout) as api:
         return await Tuner(api, task, settings, Path(run_dir), show_progress=settings.progress).run(resume=settings.resume)
 
 

@@ -60,6 +60,14 @@ class TuneSettings:
     )
     api_key: str | None = setting(None, "API key", "session", env="SHARPZO_API_KEY", metavar="KEY")
     concurrency: int = setting(4, "requests in flight at once, over this whole client", "session")
+    ca_bundle: str | None = setting(
+        None, "PEM file (or folder) of CA certificates to trust for an https:// server, e.g. a private CA "
+        "(SSL_CERT_FILE works too)", "session", env="SHARPZO_CA_BUNDLE", metavar="PEM",
+    )
+    timeout: float = setting(
+        120.0, "seconds of silence (connecting: at most 15) before a request is given up and retried with the same "
+        "Idempotency-Key", "session",
+    )
     out: Path | None = setting(None, "run directory (default runs/<data>-<method>-s<seed>)", "session", type=Path, metavar="DIR")
     resume: bool = setting(False, "continue from the run directory's checkpoint", "session")
     progress: bool = setting(True, "show a progress bar", "session")
@@ -71,6 +79,8 @@ class TuneSettings:
         for name, least in (("budget", 0), ("eval_every", 0), ("dim", 1), ("shots", 1), ("concurrency", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
 
     @classmethod
     def build(cls, preset: str | None = None, **overrides: Any) -> "TuneSettings":

@@ -8,6 +8,7 @@ from typing import AsyncIterator
 from fastapi import FastAPI
 
 from .body_limit import BodyLimitMiddleware
+from .content_encoding import GzipRequestMiddleware
 from .errors import install_error_handlers
 from .metrics import ObserveMiddleware
 from .model import LoadedModel
@@ -36,6 +37,7 @@ def create_app(settings: ServerSettings | None = None, loaded: LoadedModel | Non
         lifespan=_lifespan,
     )
     app.state.services = services
+    app.add_middleware(GzipRequestMiddleware, max_bytes=services.settings.max_body_bytes)  # inside the raw limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(ObserveMiddleware, metrics=services.metrics)
     install_error_handlers(app)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sharpzo.shared.protocol import ErrorBody
+from sharpzo.shared.protocol import ErrorBody, ErrorCode
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+async def send_error(send: Send, status: int, detail: str, code: ErrorCode) -> None:
+    """An error answered by raw ASGI, before the app: the same JSON body as the app's errors."""
+    body = ErrorBody(detail=detail, code=code).model_dump_json().encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:
@@ -17,11 +25,7 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def _reject(self, send: Send) -> None:
-        detail = f"body: larger than the limit of {self.max_bytes} bytes"
-        body = ErrorBody(detail=detail, code="body_too_large").model_dump_json().encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, f"body: larger than the limit of {self.max_bytes} bytes", "body_too_large")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -13,6 +13,7 @@ from sharpzo.shared.protocol import Limits, ModelInfo
 
 from .auth import Admission, Authenticator, TokenBucket
 from .batcher import MicroBatcher
+from .content_encoding import ENCODINGS
 from .feature_store import SharedFeatureStore
 from .images import ImageSets, ImageSetStore
 from .keys import configured_keys
@@ -60,6 +61,7 @@ def _model_info(loaded: LoadedModel, settings: ServerSettings) -> ModelInfo:
         device=str(loaded.device),
         precision=loaded.precision,
         limits=Limits(**settings.model_dump(include=set(Limits.model_fields))),
+        request_encodings=list(ENCODINGS),
     )
 
 

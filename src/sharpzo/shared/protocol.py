@@ -45,6 +45,10 @@ class ModelInfo(BaseModel):
     device: str
     precision: str
     limits: Limits
+    request_encodings: list[str] = Field(
+        default_factory=list,
+        description="Content-Encodings the server accepts for request bodies (e.g. gzip); empty: plain bodies only.",
+    )
 
 
 class TokenEmbeddingsRequest(_Body):

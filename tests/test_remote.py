@@ -1,0 +1,306 @@
+"""A far-away server, simulated on loopback: the delaying proxy itself, the same result through it and without it,
+faults that must not charge twice, gzip bodies, TLS with a private CA, and one clear line for a wrong URL."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import http.server
+import json
+import os
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from sharpzo.client.api import ApiClient, ApiRequestError
+from sharpzo.client.embedded import EmbeddedServer, free_port
+from sharpzo.client.runner import tune_async
+from sharpzo.shared.protocol import LogitsRequest
+from sharpzo.shared.tensors import Tensor
+
+from .conftest import TINY, b64, encoded_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from wan_proxy import Faults, WanProxy  # noqa: E402
+
+SHARPZO = str(Path(sys.executable).parent / "sharpzo")
+# zo-sgd with q = 4: every step is one request of 8 candidates
+RUN: dict[str, Any] = dict(shots=2, method="zo-sgd", budget=48, dim=8, seed=3, eval_every=16, progress=False,
+                           options={"directions": 4})
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+@pytest.fixture(scope="module")
+def echo_port() -> Iterator[int]:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield int(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """A tiny-model server with its own ledger, so that usage deltas are this module's runs alone."""
+    ledger = tmp_path_factory.mktemp("remote") / "ledger.sqlite3"
+    with EmbeddedServer(**TINY, env={"SHARPZO_LEDGER": str(ledger), "SHARPZO_MAX_BODY_BYTES": "2000000"}) as started:
+        yield started
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def exchange(port: int, payload: bytes) -> tuple[bytes, float]:
+    """Send ``payload`` on a fresh connection and read as many bytes back; the bytes and the seconds it took."""
+    import socket
+
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(payload)
+        back = b""
+        while len(back) < len(payload):
+            back += sock.recv(65536)
+    return back, time.perf_counter() - started
+
+
+def test_the_proxy_adds_the_round_trip_and_keeps_every_byte_in_order(echo_port: int) -> None:
+    payload = np.random.default_rng(0).bytes(300_000)
+    with WanProxy(echo_port, rtt_ms=80) as proxy:
+        back, seconds = exchange(proxy.port, payload)
+        assert back == payload
+        assert proxy.traffic.up == proxy.traffic.down == len(payload)
+    # a fresh connection: the handshake's round trip, then the data's, as over a real network
+    assert seconds >= 0.16
+
+
+def test_the_bandwidth_cap_spaces_the_bytes(echo_port: int) -> None:
+    payload = b"x" * 200_000
+    with WanProxy(echo_port, rtt_ms=0, mbit_per_s=8) as proxy:
+        back, seconds = exchange(proxy.port, payload)
+    assert back == payload
+    assert seconds >= 0.2  # 200 KB at 1 MB/s (each direction has its own link, so the echo overlaps the upload)
+
+
+def test_the_proxy_drops_and_stalls_as_told(server: EmbeddedServer) -> None:
+    faults = Faults(drop_responses=1, stall_responses=1)
+    with WanProxy(port_of(server.url), rtt_ms=10, faults=faults) as proxy, httpx.Client(base_url=proxy.url,
+                                                                                      timeout=1.0) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            http.get("/v1/health")
+        with pytest.raises(httpx.ReadTimeout):
+            http.get("/v1/health")
+        assert http.get("/v1/health").status_code == 200
+        assert proxy.traffic.faults == {"drop_responses": 1, "stall_responses": 1}
+
+
+async def tuned(server_url: str, out: Path, **extra: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    result = await tune_async("animals", server=server_url, out=out, **{**RUN, **extra})
+    return result.w, result.summary()["budget"]
+
+
+def usage(server: EmbeddedServer) -> dict[str, int]:
+    body = httpx.get(f"{server.url}/v1/usage", timeout=30).json()
+    return {name: body[name] for name in ("queries", "image_evals", "requests")}
+
+
+def charged_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before[name] for name in before}
+
+
+def client_count(spent: dict[str, Any]) -> dict[str, int]:
+    return {"queries": spent["total_queries"], "image_evals": spent["image_evals"], "requests": spent["requests"]}
+
+
+def test_the_same_run_through_a_wan_and_on_loopback_gives_the_same_prompt_bit_for_bit(
+    server: EmbeddedServer, tmp_path: Path
+) -> None:
+    direct_w, direct_spent = asyncio.run(tuned(server.url, tmp_path / "direct"))
+    with WanProxy(port_of(server.url), rtt_ms=40) as proxy:
+        remote_w, remote_spent = asyncio.run(tuned(proxy.url, tmp_path / "remote"))
+    assert remote_w.tobytes() == direct_w.tobytes()
+    assert remote_spent == direct_spent
+    losses = [[line.get("loss") for line in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())]
+              for run in ("direct", "remote")]
+    assert losses[0] == losses[1]
+
+
+def test_dropped_and_stalled_connections_are_retried_and_charged_once(server: EmbeddedServer, tmp_path: Path) -> None:
+    reference_w, _ = asyncio.run(tuned(server.url, tmp_path / "reference"))
+    faults = Faults(drop_responses=3, drop_requests=2, stall_responses=1, only=b"POST /v1/logits")
+    before = usage(server)
+    with WanProxy(port_of(server.url), rtt_ms=20, faults=faults) as proxy:
+        w, spent = asyncio.run(tuned(proxy.url, tmp_path / "faulty", timeout=2.0))
+        happened = dict(proxy.traffic.faults)
+    assert happened == {"drop_responses": 3, "drop_requests": 2, "stall_responses": 1}
+    # every dropped response was of a request the server had done (and charged): its retry was replayed, not recharged
+    assert charged_between(before, usage(server)) == client_count(spent)
+    assert w.tobytes() == reference_w.tobytes()
+
+
+def logits_body(server: EmbeddedServer) -> bytes:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        set_id = http.post("/v1/image-sets", json={"images": [b64(encoded_image(i)) for i in range(3)]}).json()["id"]
+        width = http.get("/v1/model").json()["width"]
+    prompts = np.random.default_rng(0).standard_normal((5, 2, width)).astype(np.float32) * 0.02
+    return LogitsRequest(image_set=set_id, class_names=["cat", "dog"], prompts=Tensor.from_numpy(prompts),
+                         labels=[0, 1, 0], return_logits=False).model_dump_json().encode()
+
+
+def test_a_gzip_body_scores_and_charges_as_the_plain_one(server: EmbeddedServer) -> None:
+    body = logits_body(server)
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        assert http.get("/v1/model").json()["request_encodings"] == ["gzip"]
+        plain = http.post("/v1/logits", content=body, headers={"Content-Type": "application/json"})
+        packed = http.post("/v1/logits", content=gzip.compress(body),
+                           headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert plain.status_code == packed.status_code == 200
+    assert packed.json() == plain.json()
+
+
+@pytest.mark.parametrize(("encoding", "content", "status", "code"), [
+    ("gzip", b"not gzip at all", 422, "invalid_request"),
+    ("gzip", gzip.compress(b"{" * 100)[:-8], 422, "invalid_request"),  # truncated
+    ("gzip", gzip.compress(b" " * 2_000_001), 413, "body_too_large"),  # 2 KB that inflate past the limit
+    ("br", b"{}", 415, "invalid_request"),
+])
+def test_bad_encodings_get_a_clear_4xx(server: EmbeddedServer, encoding: str, content: bytes, status: int,
+                                       code: str) -> None:
+    before = usage(server)
+    response = httpx.post(f"{server.url}/v1/logits", content=content, timeout=60,
+                          headers={"Content-Type": "application/json", "Content-Encoding": encoding})
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code and response.json()["detail"].startswith(("body", "Content-Encoding"))
+    assert usage(server) == before
+
+
+def test_the_client_compresses_when_offered_and_the_charge_is_unchanged(server: EmbeddedServer, tmp_path: Path) -> None:
+    sent = {}
+    for compress in (False, True):
+        async def run() -> tuple[np.ndarray, int]:
+            with WanProxy(port_of(server.url)) as proxy:
+                async with ApiClient(proxy.url, compress=compress) as api:
+                    ctx = np.random.default_rng(1).standard_normal((40, 2, (await api.model_info()).width)) * 0.02
+                    set_id = (await api.create_image_set([encoded_image(i) for i in range(4)])).id
+                    before = proxy.traffic.up
+                    scored = await api.score(set_id, ["cat", "dog"], ctx, labels=np.array([0, 1, 1, 0]))
+                    return scored.loss, proxy.traffic.up - before
+
+        loss, sent[compress] = asyncio.run(run())
+        sent[f"loss {compress}"] = loss
+    np.testing.assert_array_equal(sent["loss True"], sent["loss False"])
+    assert sent[True] < 0.85 * sent[False]
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A private CA and a certificate it signed for 127.0.0.1 (openssl, as an operator would make them)."""
+    d = tmp_path_factory.mktemp("tls")
+    run = lambda *args: subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=SharpZO test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.pem", "-days", "2", "-extfile", "ext.cnf")
+    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+
+
+@pytest.fixture(scope="module")
+def https_server(private_ca: dict[str, Path]) -> Iterator[str]:
+    """The real app under uvicorn serving HTTPS with the privately signed certificate."""
+    port = free_port()
+    env = {**os.environ, "SHARPZO_MODEL": TINY["model"], "SHARPZO_PRETRAINED": TINY["pretrained"],
+           "SHARPZO_AUTH": "off"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "sharpzo.server.app:create_app", "--factory", "--port", str(port),
+         "--ssl-keyfile", str(private_ca["key"]), "--ssl-certfile", str(private_ca["cert"]), "--log-level", "warning"],
+        env=env,
+    )
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, "the HTTPS server did not start"
+            try:
+                httpx.get(f"{url}/v1/health", verify=False, timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def model_name(url: str, **options: Any) -> str:
+    async def ask() -> str:
+        async with ApiClient(url, **options) as api:
+            return (await api.model_info()).name
+    return asyncio.run(ask())
+
+
+def test_tls_with_a_private_ca_by_option_or_ssl_cert_file(
+    https_server: str, private_ca: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ApiRequestError, match="not trusted.*--ca-bundle"):
+        model_name(https_server, retries=0)
+    assert model_name(https_server, ca_bundle=str(private_ca["ca"])) == TINY["model"]
+    monkeypatch.setenv("SSL_CERT_FILE", str(private_ca["ca"]))
+    assert model_name(https_server) == TINY["model"]
+
+
+class _NotSharpZO(http.server.BaseHTTPRequestHandler):
+    def _answer(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html>nothing here</html>")
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def cli_error(url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SHARPZO, "tune", "--server", url, "--dataset", "animals", "--shots", "2", "--budget", "8", "--dim", "8",
+         "--no-progress", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_an_unreachable_url_gives_one_clear_line(tmp_path: Path) -> None:
+    done = cli_error(f"http://127.0.0.1:{free_port()}", tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "cannot reach the server at http://127.0.0.1:" in done.stderr
+
+
+def test_a_url_that_is_not_a_sharpzo_server_gives_one_clear_line(tmp_path: Path) -> None:
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotSharpZO)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        done = cli_error(f"http://127.0.0.1:{other.server_address[1]}", tmp_path)
+    finally:
+        other.shutdown()
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "is http://127.0.0.1:" in done.stderr and "the URL of a SharpZO server?" in done.stderr
