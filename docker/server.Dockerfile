@@ -24,10 +24,12 @@ COPY --from=requirements /tmp/requirements.txt /tmp/build/
 COPY docker/certs/ /tmp/certs/
 RUN /tmp/build/pip-install.sh -r /tmp/build/requirements.txt -c /tmp/build/constraints.txt
 
-# Only what the server runs: the wire protocol and the serving package (no client, no offline tools).
+# Only what the server runs: the wire protocol, image decoding and identity (data) and the serving package (no
+# client, no offline tools).
 COPY pyproject.toml README.md /tmp/build/project/
 COPY src/sharpzo/__init__.py /tmp/build/project/src/sharpzo/
 COPY src/sharpzo/shared /tmp/build/project/src/sharpzo/shared
+COPY src/sharpzo/data /tmp/build/project/src/sharpzo/data
 COPY src/sharpzo/server /tmp/build/project/src/sharpzo/server
 RUN /tmp/build/pip-install.sh --no-deps --no-build-isolation /tmp/build/project \
  && rm -rf /tmp/build /tmp/certs

@@ -33,7 +33,7 @@ def b64(data: bytes) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Servers' default ledgers and the client's image-set cache go to a temporary home, not the user's."""
+    """Servers' default ledgers and the client's upload index go to a temporary home, not the user's."""
     root = tmp_path_factory.mktemp("home")
     saved = {name: os.environ.get(name) for name in ("XDG_DATA_HOME", "XDG_CACHE_HOME")}
     os.environ["XDG_DATA_HOME"] = str(root / "data")

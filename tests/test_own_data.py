@@ -19,7 +19,9 @@ from sharpzo.client.cli import build_parser
 from sharpzo.data.base import FewShotTask
 from sharpzo.data.user_data import InMemoryData
 from sharpzo.client.embedded import EmbeddedServer
+from sharpzo.client.image_sets import shrink
 from sharpzo.client.tasks import resolve_task
+from sharpzo.data.image_io import decode_rgb
 
 from .conftest import encoded_image
 
@@ -27,9 +29,9 @@ SHARPZO = str(Path(sys.executable).parent / "sharpzo")
 BUDGET = 60
 
 
-def rotated_jpeg(seed: int) -> bytes:
-    """A 20x12 JPEG whose EXIF orientation (6) says: rotate 90 degrees to show it upright, 12x20."""
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(12, 20, 3), dtype=np.uint8)
+def rotated_jpeg(seed: int, size: tuple[int, int] = (20, 12)) -> bytes:
+    """A JPEG (20x12 by default) whose EXIF orientation (6) says: rotate 90 degrees to show it upright (12x20)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
     exif = Image.Exif()
     exif[0x0112] = 6
     out = io.BytesIO()
@@ -100,6 +102,12 @@ def test_folder_formats_names_and_report(photos: Path, caplog: pytest.LogCapture
     altered_or_left_out = ("rotated.jpg", "corrupt.jpg", "copy.png", ".DS_Store", "notes.txt")
     unchanged = [p for p in photos.rglob("*.*") if p.name not in altered_or_left_out]
     assert len(unchanged) == 14 and all(hashlib.sha256(p.read_bytes()).hexdigest() in everything for p in unchanged)
+
+
+def test_exif_orientation_is_applied_by_the_one_decoder_on_both_sides() -> None:
+    assert decode_rgb(rotated_jpeg(0)).size == (12, 20)  # how the server decodes an upload
+    with Image.open(io.BytesIO(shrink(rotated_jpeg(1, size=(1024, 600))))) as shrunk:  # the client, before upload
+        assert shrunk.size == (300, 512)
 
 
 def test_splits_are_disjoint_seeded_and_k_per_class(photos: Path) -> None:

@@ -6,6 +6,7 @@ import httpx
 import numpy as np
 import pytest
 
+from sharpzo.data.identity import image_digest, image_set_key
 from sharpzo.shared.tensors import Tensor
 
 from .conftest import b64, encoded_image
@@ -60,6 +61,13 @@ def test_image_set_is_content_addressed(http, image_set) -> None:
     assert http.get(f"/v1/image-sets/{image_set['id']}").json() == image_set
     augmented = http.post("/v1/image-sets", json={"images": [b64(encoded_image(0))], "augment": True}).json()
     assert augmented["id"] != image_set["id"]
+
+
+def test_image_set_id_is_the_shared_key_of_its_image_bytes(http, info) -> None:
+    raw = [encoded_image(40 + i, fmt=("PNG", "JPEG")[i % 2]) for i in range(3)]
+    made = http.post("/v1/image-sets", json={"images": [b64(data) for data in raw], "seed": 5}).json()
+    scope = f"{info['name']}|{info['pretrained']}|anonymous"  # the model, its weights and the owner (auth is off)
+    assert made["id"] == image_set_key([image_digest(data) for data in raw], False, 5, scope)[:32]
 
 
 def test_logits_shape_usage_and_scores(http, info, image_set) -> None:

@@ -1,15 +1,17 @@
-"""Large splits go up in chunks and are joined on the server; a re-run reuses the server's set."""
+"""Large splits go up in chunks, sent concurrently, and are joined on the server; a re-run reuses the server's set."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import numpy as np
 
 from sharpzo.client.api import ApiClient
+from sharpzo.client.image_sets import UploadIndex, chunked, upload_split
 from sharpzo.data.base import LabeledImages
-from sharpzo.client.image_sets import ImageSetCache, chunked, upload_split
+from sharpzo.data.identity import image_set_key
 
 from .conftest import b64, encoded_image
 
@@ -29,11 +31,11 @@ def test_chunked_upload_equals_single_upload(tiny_server, tmp_path) -> None:
     images = LabeledImages([encoded_image(700 + i, size=(200, 200)) for i in range(20)], np.arange(20) % 2, CLASSES)
 
     async def run() -> tuple[str, str, np.ndarray, np.ndarray]:
-        cache = ImageSetCache(tmp_path / "sets.json")
+        index = UploadIndex(tmp_path / "sets.json")
         async with ApiClient(tiny_server.url) as api:
             assert len(chunked(images.images, (await api.model_info()).limits.max_body_bytes // 2)) > 1
-            joined = await upload_split(api, images, cache=cache)
-            again = await upload_split(api, images, cache=cache)
+            joined = await upload_split(api, images, index=index)
+            again = await upload_split(api, images, index=index)
             width = (await api.model_info()).width
             prompts = np.random.default_rng(0).normal(0, 0.02, (2, 4, width)).astype(np.float32)
             whole = await api.score(joined.set_id, CLASSES, prompts, labels=joined.labels)
@@ -43,7 +45,58 @@ def test_chunked_upload_equals_single_upload(tiny_server, tmp_path) -> None:
 
     first, second, whole, halves = asyncio.run(run())
     assert first == second
+    # the index keys the upload as the server keys its sets: by the one image-set key function
+    key = image_set_key(images.hashes(), False, 0, scope=tiny_server.url)
+    assert json.loads((tmp_path / "sets.json").read_text()) == {key: first}
     np.testing.assert_allclose(whole, halves, rtol=1e-5)
+
+
+class OverlapTransport(httpx.AsyncBaseTransport):
+    """The network, counting image-set uploads in flight; the first waits (boundedly) until a second is under way,
+    so uploads sent one after the other show 1 and uploads sent together show 2 or more, however fast the server."""
+
+    def __init__(self) -> None:
+        self._network = httpx.AsyncHTTPTransport()
+        self.in_flight = 0
+        self.most = 0
+        self._second = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        upload = request.method == "POST" and request.url.path == "/v1/image-sets"
+        if not upload:
+            return await self._network.handle_async_request(request)
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        if self.in_flight >= 2:
+            self._second.set()
+        try:
+            if self.most == 1:
+                await asyncio.wait([asyncio.ensure_future(self._second.wait())], timeout=10)
+            return await self._network.handle_async_request(request)
+        finally:
+            self.in_flight -= 1
+
+    async def aclose(self) -> None:
+        await self._network.aclose()
+
+
+def test_chunks_are_sent_concurrently_into_the_same_set(tiny_server) -> None:
+    images = LabeledImages([encoded_image(900 + i, size=(200, 200)) for i in range(20)], np.arange(20) % 2, CLASSES)
+
+    async def run() -> tuple[int, str, str]:
+        transport = OverlapTransport()
+        async with ApiClient(tiny_server.url, transport=transport) as api:
+            chunks = chunked(images.images, (await api.model_info()).limits.max_body_bytes // 2)
+            assert len(chunks) > 1
+            together = (await upload_split(api, images)).set_id
+        async with ApiClient(tiny_server.url) as api:  # the same chunks, one after the other
+            parts = [(await api.create_image_set(chunk)).id for chunk in chunks]
+            one_by_one = (await api.concat_image_sets(parts)).id
+        return transport.most, together, one_by_one
+
+    most, together, one_by_one = asyncio.run(run())
+    assert most > 1
+    assert together == one_by_one
 
 
 def test_concat_errors_name_the_part(tiny_server) -> None:

@@ -1,8 +1,9 @@
-"""Uploading a labelled split once as a server image set, and reusing it on later runs."""
+"""Uploading a labelled split once as a server image set (large ones in chunks sent concurrently), and reusing it
+on later runs through the upload index."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import io
 import json
 import os
@@ -10,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
-
+from PIL import Image
 from rich.progress import Progress
 
-from .api import ApiClient
 from sharpzo.data.base import LabeledImages
+from sharpzo.data.identity import image_set_key
+from sharpzo.data.image_io import decode_rgb
+
+from .api import ApiClient
 
 MAX_SIDE = 512
 MAX_BYTES = 1_000_000
@@ -40,23 +43,23 @@ def shrink(data: bytes, max_side: int = MAX_SIDE, max_bytes: int = MAX_BYTES) ->
     with Image.open(io.BytesIO(data)) as image:
         if max(image.size) <= max_side and len(data) <= max_bytes:
             return data
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        image.thumbnail((max_side, max_side))
-        out = io.BytesIO()
-        image.save(out, format="JPEG", quality=90)
-        return out.getvalue()
+    image = decode_rgb(data)
+    image.thumbnail((max_side, max_side))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    return out.getvalue()
 
 
-def default_cache_path() -> Path:
+def default_index_path() -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return root / "sharpzo" / "image-sets.json"
 
 
-class ImageSetCache:
+class UploadIndex:
     """Which server image set holds which content, so a re-run with the same images skips the upload."""
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path or default_cache_path()
+        self.path = path or default_index_path()
 
     def _read(self) -> dict[str, str]:
         try:
@@ -74,6 +77,11 @@ class ImageSetCache:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entries, indent=0))
         tmp.replace(self.path)
+
+
+# client/tune.py and client/evaluate.py (edited elsewhere) still say ImageSetCache and cache=: both names go once they
+# say UploadIndex and index=.
+ImageSetCache = UploadIndex
 
 
 def chunked(images: list[bytes], max_bytes: int = CHUNK_BYTES, max_images: int = CHUNK_IMAGES) -> list[list[bytes]]:
@@ -96,13 +104,16 @@ async def _upload(api: ApiClient, images: list[bytes], augment: bool, seed: int,
     chunks = chunked(images, min(CHUNK_BYTES, limits.max_body_bytes // 2), min(CHUNK_IMAGES, limits.max_images_per_set))
     if len(chunks) == 1:
         return (await api.create_image_set(chunks[0], augment=augment, seed=seed)).id
-    parts = []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"uploading {label} images", total=len(images))
-        for chunk in chunks:
-            parts.append((await api.create_image_set(chunk, augment=augment, seed=seed)).id)
+
+        async def part(chunk: list[bytes]) -> str:
+            uploaded = await api.create_image_set(chunk, augment=augment, seed=seed)
             bar.advance(task, len(chunk))
-    return (await api.concat_image_sets(parts)).id
+            return uploaded.id
+
+        parts = await asyncio.gather(*(part(chunk) for chunk in chunks))  # as many at once as the client allows
+    return (await api.concat_image_sets(list(parts))).id
 
 
 async def upload_split(
@@ -110,15 +121,16 @@ async def upload_split(
     images: LabeledImages,
     augment: bool = False,
     seed: int = 0,
-    cache: ImageSetCache | None = None,
+    index: UploadIndex | None = None,
     label: str = "",
     progress: bool = False,
+    cache: UploadIndex | None = None,
 ) -> RemoteSplit:
+    index = index or cache
     hashes = images.hashes()
-    content = hashlib.sha256(f"{augment}|{seed}|{'|'.join(hashes)}".encode()).hexdigest()
-    key = f"{api.base_url}|{content}"
-    if cache is not None:
-        known = cache.get(key)
+    key = image_set_key(hashes, augment, seed, scope=api.base_url)
+    if index is not None:
+        known = index.get(key)
         if known is not None:
             info = await api.image_set(known)
             if info is not None and info.count == len(images):
@@ -127,6 +139,6 @@ async def upload_split(
     info = await api.image_set(set_id)
     if info is None or info.count != len(images):
         raise RuntimeError(f"the server stored {None if info is None else info.count} images of {len(images)}")
-    if cache is not None:
-        cache.put(key, set_id)
+    if index is not None:
+        index.put(key, set_id)
     return RemoteSplit(set_id, images.labels, hashes)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
+from .identity import image_digest
 
 Split = Literal["train", "test"]
 
@@ -32,7 +33,7 @@ class LabeledImages:
 
     def hashes(self) -> list[str]:
         """sha256 of each encoded image: the identity used for audits and leak checks."""
-        return [hashlib.sha256(b).hexdigest() for b in self.images]
+        return [image_digest(b) for b in self.images]
 
     def unique(self) -> "LabeledImages":
         """Only the first copy of each byte-identical image, order kept (some sources repeat images)."""

@@ -1,4 +1,5 @@
-"""Reading the user's image files and encoding in-memory images as bytes ready to upload."""
+"""Decoding images, for the client and the server alike: the user's files read and checked, in-memory images encoded
+as bytes ready to upload, uploaded bytes decoded upright in RGB. EXIF orientation is applied here only (`upright`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# What Pillow raises on files it cannot decode; the server catches the same.
+# What Pillow raises on files it cannot decode.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 EXIF_ORIENTATION = 0x0112
@@ -18,11 +19,31 @@ PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})
 
 
 class UnreadableImage(ValueError):
-    """A file that does not decode as an image."""
+    """Bytes or a file that cannot be used as an image; the message says why."""
 
 
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: rotated or flipped as its EXIF orientation says."""
+    return ImageOps.exif_transpose(image)
+
+
+def decode_rgb(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """The encoded image decoded upright in RGB; one over ``max_pixels`` is refused from its header, before any
+    pixel is decoded (a decompression bomb). Raises UnreadableImage saying why."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise UnreadableImage(f"{width}x{height} pixels is over the limit of {max_pixels}")
+        return upright(image).convert("RGB")
+    except UnreadableImage:
+        raise
+    except DECODE_ERRORS as exc:
+        raise UnreadableImage(f"does not decode as an image ({exc})") from exc
 
 
 def _png(image: Image.Image) -> bytes:
@@ -38,12 +59,12 @@ def _rotated(data: bytes) -> bytes | None:
     with Image.open(io.BytesIO(data)) as image:
         if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
             return None
-        upright = ImageOps.exif_transpose(image)
+        turned = upright(image)
         if image.format != "JPEG":
-            return _png(upright)
+            return _png(turned)
         # Phone photos are where EXIF rotations live: a PNG of a 12 MP photo would be ~20 MB.
         out = io.BytesIO()
-        upright.convert("RGB").save(out, format="JPEG", quality=JPEG_QUALITY)
+        turned.convert("RGB").save(out, format="JPEG", quality=JPEG_QUALITY)
         return out.getvalue()
 
 
@@ -71,5 +92,5 @@ def encode_image(image: Image.Image | np.ndarray, index: int) -> bytes:
             raise ValueError(f"images[{index}]: expected an HxW or HxWx3 uint8 array, got {image.dtype} {image.shape}")
         return _png(Image.fromarray(image))
     if isinstance(image, Image.Image):
-        return _png(ImageOps.exif_transpose(image))
+        return _png(upright(image))
     raise TypeError(f"images[{index}]: expected a PIL image or a numpy array, got {type(image).__name__}")

@@ -12,6 +12,8 @@ import hashlib
 import numpy as np
 import torch
 
+from sharpzo.data.identity import image_set_key
+
 from .ledger.postgres import PostgresDatabase
 from .model import LoadedModel
 
@@ -51,15 +53,12 @@ class SharedFeatureStore:
                 execute(statement, ())
         self._model_fingerprints: dict[int, str] = {}
 
-    def content_key(self, loaded: LoadedModel, images: list[str], augment: bool, seed: int) -> str:
+    def content_key(self, loaded: LoadedModel, image_digests: list[str], augment: bool, seed: int) -> str:
         """The key of these images' features under this model; hashing the weights happens once per model."""
         model = self._model_fingerprints.get(id(loaded))
         if model is None:
             model = self._model_fingerprints[id(loaded)] = model_fingerprint(loaded)
-        digest = hashlib.sha256(f"{model}|{augment}|{seed}|{len(images)}".encode())
-        for data in images:
-            digest.update(hashlib.sha256(data.encode("ascii", "replace")).digest())
-        return digest.hexdigest()
+        return image_set_key(image_digests, augment, seed, scope=model)
 
     @staticmethod
     def _tensor(rows: object, dim: object, data: object, device: torch.device) -> torch.Tensor:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
-import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -17,7 +15,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from sharpzo.data.identity import image_digest, image_set_key, joined_set_key
+from sharpzo.data.image_io import UnreadableImage, decode_rgb
 
 from .errors import ApiError
 from .feature_store import SharedFeatureStore
@@ -41,22 +42,25 @@ class ImageSet:
         return int(self.features.shape[0])
 
 
-def decode_image(data: str, index: int, max_pixels: int) -> Image.Image:
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ImageError(f"images[{index}]: not valid base64 ({exc})") from exc
-    try:
-        image = Image.open(io.BytesIO(raw))
-        width, height = image.size  # read from the header, before any pixel is decoded
-        if width * height > max_pixels:
-            raise ImageError(f"images[{index}]: {width}x{height} pixels is over the limit of {max_pixels}")
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"images[{index}]: does not decode as an image ({exc})") from exc
+def _image_bytes(images: list[str]) -> list[bytes]:
+    """The uploaded images' encoded bytes (the wire carries them in base64)."""
+    raw = []
+    for index, data in enumerate(images):
+        try:
+            raw.append(base64.b64decode(data, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise ImageError(f"images[{index}]: not valid base64 ({exc})") from exc
+    return raw
+
+
+def _decoded(raw: list[bytes], max_pixels: int) -> list[Image.Image]:
+    decoded = []
+    for index, data in enumerate(raw):
+        try:
+            decoded.append(decode_rgb(data, max_pixels))
+        except UnreadableImage as exc:
+            raise ImageError(f"images[{index}]: {exc}") from exc
+    return decoded
 
 
 def encode_images(loaded: LoadedModel, images: list[Image.Image], augment: bool = False, seed: int = 0) -> torch.Tensor:
@@ -76,15 +80,8 @@ def encode_images(loaded: LoadedModel, images: list[Image.Image], augment: bool 
     return torch.cat(chunks)
 
 
-def image_set_id(loaded: LoadedModel, images: list[str], augment: bool, seed: int, owner: str) -> str:
-    digest = hashlib.sha256(f"{loaded.name}|{loaded.pretrained}|{augment}|{seed}|{owner}".encode())
-    for data in images:
-        digest.update(hashlib.sha256(data.encode("ascii", "replace")).digest())
-    return digest.hexdigest()[:32]
-
-
-def concat_set_id(parts: list[str], owner: str) -> str:
-    return hashlib.sha256(f"concat|{owner}|{'|'.join(parts)}".encode()).hexdigest()[:32]
+def _set_id(key: str) -> str:
+    return key[:32]
 
 
 class ImageSetStore:
@@ -145,16 +142,15 @@ class ImageSetStore:
         # the id is a digest of the parts' ids, themselves digests of their content
         return self.get(set_id) or self._persist(ImageSet(set_id, torch.cat([p.features for p in parts])), set_id)
 
-    def create(self, set_id: str, images: list[str], augment: bool, seed: int) -> ImageSet:
+    def create(self, set_id: str, raw: list[bytes], digests: list[str], augment: bool, seed: int) -> ImageSet:
         """Decode, preprocess and encode; runs on the model thread."""
         existing = self.get(set_id)
         if existing is not None:
             return existing
-        content = set_id if self.shared is None else self.shared.content_key(self.loaded, images, augment, seed)
+        content = set_id if self.shared is None else self.shared.content_key(self.loaded, digests, augment, seed)
         features = None if self.shared is None else self.shared.features(content, self.loaded.device)
         if features is None:  # images no replica has encoded yet, for any account
-            decoded = [decode_image(data, i, self.max_pixels) for i, data in enumerate(images)]
-            features = encode_images(self.loaded, decoded, augment, seed)
+            features = encode_images(self.loaded, _decoded(raw, self.max_pixels), augment, seed)
         return self._persist(ImageSet(set_id, features), content)
 
 
@@ -189,9 +185,12 @@ class ImageSets:
     async def create(self, owner: str, images: list[str], augment: bool, seed: int) -> ImageSet:
         if len(images) > self.max_images:
             raise ApiError(422, f"images: {len(images)} images is over the limit of {self.max_images}")
-        set_id = image_set_id(self.store.loaded, images, augment, seed, owner=owner)
         try:
-            image_set = await self._on_model_thread(self.store.create, set_id, images, augment, seed)
+            raw = _image_bytes(images)
+            digests = [image_digest(data) for data in raw]
+            loaded = self.store.loaded
+            set_id = _set_id(image_set_key(digests, augment, seed, scope=f"{loaded.name}|{loaded.pretrained}|{owner}"))
+            image_set = await self._on_model_thread(self.store.create, set_id, raw, digests, augment, seed)
         except ImageError as exc:
             raise ApiError(422, str(exc)) from exc
         return await self._record(image_set, owner)
@@ -201,7 +200,7 @@ class ImageSets:
         total = sum(p.count for p in parts)
         if total > self.max_images:
             raise ApiError(422, f"parts: {total} images in all is over the limit of {self.max_images}")
-        image_set = await self._on_model_thread(self.store.concat, concat_set_id(part_ids, owner), parts)
+        image_set = await self._on_model_thread(self.store.concat, _set_id(joined_set_key(part_ids, owner)), parts)
         return await self._record(image_set, owner)
 
     async def _on_model_thread(self, fn: Callable[..., ImageSet], *args: object) -> ImageSet:
