@@ -8,10 +8,11 @@ TEST_STAMP := $(VENV)/.test-installed
 DATA_STAMP := $(VENV)/.data-installed
 BUDGET ?= 3000
 
-.PHONY: install install-test data postgres test demo pretrain zeroshot bench-server clean help
+.PHONY: install install-test data postgres lint test demo pretrain zeroshot bench-server clean help
 
 help:
 	@echo "make demo        SharpZO on groceries 16-shot against an embedded stand-in server (installs first)"
+	@echo "make lint        ruff (style and the package import rules) and mypy (installs the dev extra first)"
 	@echo "make test        the whole test suite (installs first); .ci/run calls this"
 	@echo "make install     the venv with the client and the server extra (what make demo needs)"
 	@echo "make install-test  adds the test tools and the scale extra (Ray Serve, PostgreSQL driver)"
@@ -53,6 +54,11 @@ postgres:
 	    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "note: the PostgreSQL ledger tests need PostgreSQL: sudo apt-get install postgresql"; fi; \
 	fi
+
+# ruff and mypy read their settings from pyproject.toml (and each package's ruff.toml: its import rules).
+lint: $(TEST_STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
 
 test: $(DATA_STAMP) $(TEST_STAMP) postgres
 	$(PY) -m pytest -q -p no:cacheprovider

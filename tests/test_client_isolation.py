@@ -1,27 +1,50 @@
 """Which package may import which, checked in fresh interpreters by what lands in ``sys.modules``.
 
-- The client (every module of ``sharpzo.client``) and ``sharpzo.data`` import no torch, open_clip or
-  torchvision, and no ``sharpzo.server`` module: the client is strictly black-box.
-- pyarrow (needed only to read the groceries dataset) is not imported either, so a plain client
-  install imports without it.
-- The serving package ``sharpzo.server`` (every module) imports no ``sharpzo.client`` module.
+``FORBIDDEN`` is the one rule set, package by package (README "Architecture"):
+
+- ``shared`` (the wire protocol) imports no other ``sharpzo`` package and no model code.
+- ``data`` is used by every side: it imports ``shared`` only, no model code.
+- ``client`` is strictly black-box: no torch, open_clip or torchvision, no ``server`` or ``tools``.
+- ``server`` is served alone: no ``client`` and no ``tools``.
+- ``tools`` (offline model work) uses ``server`` and ``data``, never ``client``.
+
+pyarrow (needed only to read the groceries dataset) is not imported by ``shared``, ``data`` or
+``client`` either, so a plain client install imports without it. Each package's ruff.toml bans the
+same imports statically (flake8-tidy-imports banned-api); a test below keeps the two lists equal.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
+from types import ModuleType
 
-import sharpzo.client
-import sharpzo.data
-import sharpzo.server
+import pytest
+
+PACKAGES = ("shared", "data", "client", "server", "tools")
+MODEL_CODE = ("torch", "open_clip", "torchvision")
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "shared": (*MODEL_CODE, "sharpzo.data", "sharpzo.client", "sharpzo.server", "sharpzo.tools"),
+    "data": (*MODEL_CODE, "sharpzo.client", "sharpzo.server", "sharpzo.tools"),
+    "client": (*MODEL_CODE, "sharpzo.server", "sharpzo.tools"),
+    "server": ("sharpzo.client", "sharpzo.tools"),
+    "tools": ("sharpzo.client",),
+}
+# Not forbidden, but not imported at module level either: only the groceries reader needs it.
+LAZY: dict[str, tuple[str, ...]] = {"shared": ("pyarrow",), "data": ("pyarrow",), "client": ("pyarrow",)}
+SRC = Path(__file__).resolve().parents[1] / "src" / "sharpzo"
 
 
-def submodules(package: object) -> list[str]:
-    return [info.name for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")]  # type: ignore[attr-defined]
+def submodules(package: ModuleType) -> list[str]:
+    found = [info.name for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")]
+    # ray_serve, an optional deployment front, needs ray
+    has_ray = importlib.util.find_spec("ray") is not None
+    return [package.__name__, *(m for m in found if has_ray or not m.endswith(".ray_serve"))]
 
 
 def imported_after(modules: list[str]) -> list[str]:
@@ -33,28 +56,34 @@ def imported_after(modules: list[str]) -> list[str]:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(done.stdout.splitlines()[-1])
+    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return loaded
 
 
-def test_the_lists_of_modules_are_not_empty() -> None:
-    assert "sharpzo.client.optim.base" in submodules(sharpzo.client)
-    assert "sharpzo.data.fewshot" in submodules(sharpzo.data)
-    assert "sharpzo.server.app" in submodules(sharpzo.server)
+def within(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(f"{p}.") for p in prefixes)
 
 
-def test_client_and_data_import_no_torch_and_no_server() -> None:
-    loaded = imported_after(["sharpzo.client", *submodules(sharpzo.client), "sharpzo.data", *submodules(sharpzo.data)])
-    assert "sharpzo.client.tune" in loaded and "sharpzo.data.groceries" in loaded
-    bad = [m for m in loaded if m.split(".")[0] in ("torch", "open_clip", "torchvision", "pyarrow")
-           or m == "sharpzo.server" or m.startswith("sharpzo.server.")]
-    assert not bad, bad
+def test_every_package_has_rules_and_modules() -> None:
+    on_disk = {p.parent.name for p in SRC.glob("*/*.py")}  # tools is a namespace package: no __init__.py
+    assert on_disk == set(PACKAGES) == set(FORBIDDEN)
+    assert "sharpzo.client.optim.base" in submodules(importlib.import_module("sharpzo.client"))
+    assert "sharpzo.tools.agreement" in submodules(importlib.import_module("sharpzo.tools"))
 
 
-def test_server_imports_no_client_module() -> None:
-    # ray_serve, an optional deployment front, needs ray
-    has_ray = importlib.util.find_spec("ray") is not None
-    modules = [m for m in ["sharpzo.server", *submodules(sharpzo.server)] if has_ray or not m.endswith(".ray_serve")]
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_imports_only_what_it_may(package: str) -> None:
+    modules = submodules(importlib.import_module(f"sharpzo.{package}"))
     loaded = imported_after(modules)
-    assert "sharpzo.server.app" in loaded and "torch" in loaded
-    bad = [m for m in loaded if m == "sharpzo.client" or m.startswith("sharpzo.client.")]
+    assert set(modules) <= set(loaded)
+    bad = [m for m in loaded if within(m, FORBIDDEN[package] + LAZY.get(package, ()))]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_ruff_bans_the_same_imports(package: str) -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((SRC / package / "ruff.toml").read_text())
+    tidy = config["lint"]["flake8-tidy-imports"]
+    assert sorted(tidy["banned-api"]) == sorted(FORBIDDEN[package])
+    assert sorted(tidy.get("banned-module-level-imports", [])) == sorted(LAZY.get(package, ()))

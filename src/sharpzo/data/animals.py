@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def _all() -> LabeledImages:
     return LabeledImages(gray_pngs(images), labels, CLASS_NAMES).unique()
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(split: Split) -> LabeledImages:
     """A fixed, seeded, class-stratified split of the unique images (about 7.3k train / 2.4k test)."""
     if split not in ("train", "test"):

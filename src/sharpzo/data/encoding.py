@@ -26,7 +26,8 @@ def gray_png(image: np.ndarray) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
     rows = np.zeros((height, width + 1), dtype=np.uint8)  # leading 0 per row: filter type "None"
     rows[:, 1:] = image
-    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _chunk(b"IEND", b"")
+    pixels = _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+    return _SIGNATURE + _chunk(b"IHDR", header) + pixels + _chunk(b"IEND", b"")
 
 
 def gray_pngs(images: np.ndarray) -> list[bytes]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,10 @@ from .encoding import gray_pngs
 from .locate import DatasetNotInstalledError
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
-INSTALL_HINT = "the fashion-mnist dataset is not installed (a Debian package): sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
+INSTALL_HINT = (
+    "the fashion-mnist dataset is not installed (a Debian package): "
+    "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
+)
 
 CLASS_NAMES: list[str] = [
     "T-shirt", "pair of trousers", "pullover", "dress", "coat",
@@ -30,7 +33,7 @@ def _idx(path: Path, header_bytes: int) -> np.ndarray:
         return np.frombuffer(f.read(), dtype=np.uint8, offset=header_bytes)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(split: Split) -> LabeledImages:
     """The official split as 28x28 grayscale PNGs."""
     if split not in _FILE_PREFIX:

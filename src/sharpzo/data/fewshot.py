@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class DownstreamSplit:
     eval: LabeledImages
 
 
-@lru_cache(maxsize=None)
+@cache
 def downstream_split(name: str) -> DownstreamSplit:
     """Partition ``name``'s official test split; the result depends only on the data and PROTOCOL_SEED."""
     if name not in SPECS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -31,7 +31,7 @@ CLASSES: dict[str, str] = {
 CLASS_NAMES: list[str] = list(CLASSES.values())
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(split: Split) -> LabeledImages:
     """The official split with the original JPEG bytes.
 
@@ -41,7 +41,8 @@ def load(split: Split) -> LabeledImages:
     try:  # only this dataset needs pyarrow, so a plain client install works without it
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise DatasetNotInstalledError("the groceries dataset needs pyarrow, which is not installed: pip install pyarrow") from exc
+        hint = "the groceries dataset needs pyarrow, which is not installed: pip install pyarrow"
+        raise DatasetNotInstalledError(hint) from exc
     table = pq.read_table(path, columns=["dataset", "finegrained_cat", "image_data"])
     index = {key: label for label, key in enumerate(CLASSES)}
     images: list[bytes] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -31,7 +31,7 @@ def _arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(split: Split) -> LabeledImages:
     """The official split as 28x28 grayscale PNGs (the official 10k validation split is unused)."""
     if split not in ("train", "test"):

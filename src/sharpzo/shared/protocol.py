@@ -89,7 +89,7 @@ class Usage(BaseModel):
     image_evals: int = Field(default=0, description="Candidates times images scored.")
     requests: int = Field(default=0, description="HTTP requests charged.")
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(
             queries=self.queries + other.queries,
             image_evals=self.image_evals + other.image_evals,

@@ -26,7 +26,7 @@ class Tensor(BaseModel):
     data: str = Field(description="Base64 of the little-endian, C-order element bytes.")
 
     @model_validator(mode="after")
-    def _check_size(self) -> "Tensor":
+    def _check_size(self) -> Tensor:
         if any(n < 0 for n in self.shape):
             raise ValueError(f"shape {self.shape} has a negative dimension")
         expected = math.prod(self.shape) * _NUMPY_DTYPES[self.dtype].itemsize
@@ -50,6 +50,6 @@ class Tensor(BaseModel):
         return np.frombuffer(raw, dtype=dtype).reshape(self.shape).astype(dtype.newbyteorder("="))
 
     @classmethod
-    def from_numpy(cls, array: np.ndarray, dtype: WireDType = "float32") -> "Tensor":
+    def from_numpy(cls, array: np.ndarray, dtype: WireDType = "float32") -> Tensor:
         wire = np.ascontiguousarray(array, dtype=_NUMPY_DTYPES[dtype])
         return cls(dtype=dtype, shape=list(wire.shape), data=base64.b64encode(wire.tobytes()).decode("ascii"))

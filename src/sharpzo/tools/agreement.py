@@ -4,21 +4,22 @@
 ``server.scoring.score``) on one few-shot training set, so a 2d-candidate CGE is one batched
 call instead of 2d HTTP queries. ``forward_noise`` measures what the black-box client sees:
 the same candidates evaluated twice over HTTP, once alone and once inside a batch of others.
+It speaks the wire protocol (``sharpzo.shared``) with httpx itself: tools never import the client.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import io
 from dataclasses import dataclass
+from typing import Protocol
 
+import httpx
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import BaseModel
 
-from sharpzo.client.api import ApiClient
-from sharpzo.client.image_sets import upload_split
-from sharpzo.client.prompt import PromptSpace
 from sharpzo.data.base import LabeledImages
 from sharpzo.data.fewshot import few_shot_task
 from sharpzo.server.images import encode_images
@@ -26,7 +27,23 @@ from sharpzo.server.model import LoadedModel, load_model
 from sharpzo.server.scoring import score
 from sharpzo.server.settings import ServerSettings
 from sharpzo.server.text import PromptedTextEncoder
+from sharpzo.shared.protocol import API_PREFIX, ImageSetInfo, ImageSetRequest, LogitsRequest, LogitsResponse
+from sharpzo.shared.tensors import Tensor
 from sharpzo.tools.whitebox import PromptLoss
+
+# an upload and a scoring pass of a few hundred candidates on a CPU server
+HTTP_TIMEOUT = httpx.Timeout(600.0, connect=15.0)
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class PromptCoordinates(Protocol):
+    """The client's prompt space (``client.prompt.PromptSpace``) as far as the gradient needs it."""
+
+    @property
+    def p0(self) -> np.ndarray: ...  # [m, width]: the context at w = 0
+
+    @property
+    def projection(self) -> np.ndarray: ...  # [m * width, d]: ctx = p0 + projection @ w
 
 
 @dataclass
@@ -36,12 +53,13 @@ class InProcessScorer:
     images: LabeledImages
 
     @classmethod
-    def load(cls, model: str, dataset: str = "groceries", shots: int = 16, seed: int = 0) -> "InProcessScorer":
+    def load(cls, model: str, dataset: str = "groceries", shots: int = 16, seed: int = 0) -> InProcessScorer:
         loaded = load_model(ServerSettings(model=model))
         encoder = PromptedTextEncoder(loaded, chunk_tokens=4096)
         task = few_shot_task(dataset, shots, seed)
         features = encode_images(loaded, [Image.open(io.BytesIO(b)).convert("RGB") for b in task.train.images])
-        loss_fn = PromptLoss(encoder, loaded.logit_scale, task.class_names, features, torch.as_tensor(task.train.labels))
+        labels = torch.as_tensor(task.train.labels)
+        loss_fn = PromptLoss(encoder, loaded.logit_scale, task.class_names, features, labels)
         return cls(loaded, loss_fn, task.train)
 
     @property
@@ -61,7 +79,7 @@ class InProcessScorer:
         assert scored.loss is not None
         return scored.loss.double().numpy()
 
-    def gradient(self, space: PromptSpace, w: np.ndarray) -> tuple[float, np.ndarray]:
+    def gradient(self, space: PromptCoordinates, w: np.ndarray) -> tuple[float, np.ndarray]:
         """L(w) and dL/dw by autograd through the text tower (fp32), in the client's w coordinates."""
         w_t = torch.tensor(w, dtype=torch.float32, requires_grad=True)
         p0 = torch.as_tensor(space.p0)
@@ -72,14 +90,18 @@ class InProcessScorer:
         return float(value.item()), w_t.grad.double().numpy()
 
 
-async def _served_twice(url: str, images: LabeledImages, ctx: np.ndarray, filler: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    async with ApiClient(url) as api:
-        remote = await upload_split(api, images)
-        alone = await api.score(remote.set_id, images.class_names, ctx, labels=remote.labels)
-        mixed = np.concatenate([filler, ctx, filler])
-        batched = await api.score(remote.set_id, images.class_names, mixed, labels=remote.labels)
-    n = len(filler)
-    return np.asarray(alone.loss, dtype=float), np.asarray(batched.loss, dtype=float)[n : n + len(ctx)]
+def _post(http: httpx.Client, path: str, body: BaseModel) -> bytes:
+    response = http.post(f"{API_PREFIX}{path}", content=body.model_dump_json(), headers=JSON_HEADERS)
+    response.raise_for_status()
+    return response.content
+
+
+def _served_losses(http: httpx.Client, set_id: str, images: LabeledImages, ctx: np.ndarray) -> np.ndarray:
+    body = LogitsRequest(image_set=set_id, class_names=images.class_names, prompts=Tensor.from_numpy(ctx),
+                         labels=[int(y) for y in images.labels], return_logits=False)
+    scored = LogitsResponse.model_validate_json(_post(http, "/logits", body))
+    assert scored.loss is not None  # sent with labels
+    return np.asarray(scored.loss, dtype=float)
 
 
 def forward_noise(url: str, images: LabeledImages, ctx: np.ndarray, filler: np.ndarray) -> np.ndarray:
@@ -88,5 +110,12 @@ def forward_noise(url: str, images: LabeledImages, ctx: np.ndarray, filler: np.n
     ``filler`` contexts surround the candidates in the second request, so they are encoded in
     another batch shape and position (and, on the CPU, other chunks of the text pass).
     """
-    alone, batched = asyncio.run(_served_twice(url, images, ctx, filler))
-    return np.abs(alone - batched)
+    with httpx.Client(base_url=url.rstrip("/"), timeout=HTTP_TIMEOUT) as http:
+        upload = ImageSetRequest(images=[base64.b64encode(b).decode("ascii") for b in images.images])
+        stored = ImageSetInfo.model_validate_json(_post(http, "/image-sets", upload))
+        if stored.count != len(images):
+            raise RuntimeError(f"the server stored {stored.count} images of {len(images)}")
+        alone = _served_losses(http, stored.id, images, ctx)
+        mixed = _served_losses(http, stored.id, images, np.concatenate([filler, ctx, filler]))
+    n = len(filler)
+    return np.abs(alone - mixed[n : n + len(ctx)])

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from sharpzo.data.locate import DatasetNotInstalledError
 from sharpzo.data.catalog import DATASETS, load_split
+from sharpzo.data.locate import DatasetNotInstalledError
 
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
@@ -115,7 +115,10 @@ class GroupSampler:
         self.members = [[np.flatnonzero(part.labels == c) for c in range(len(part.class_names))] for part in parts]
         self.rng = np.random.default_rng(seed)
         self.augment = v2.Compose(
-            [v2.RandomResizedCrop(parts[0].images.shape[-1], scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+            [
+                v2.RandomResizedCrop(parts[0].images.shape[-1], scale=(0.5, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
         )
 
     def _group(self) -> list[tuple[int, int]]:

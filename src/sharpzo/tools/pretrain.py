@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import open_clip
 import torch
 
+from sharpzo.server.project_models import DEFAULT_MODEL, manifest_for, register_project_configs, weights_for
+
 from .corpus import CAPTION_TEMPLATES, DOMAIN_TEMPLATES, PRIMARY, CorpusPart, GroupSampler, build_corpus
 from .pretrain_plot import plot_log
-from sharpzo.server.project_models import DEFAULT_MODEL, manifest_for, register_project_configs, weights_for
 
 STATE_FORMAT = 2
 
@@ -84,8 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stop-after", type=int, default=None, metavar="N",
         help="checkpoint and stop once step N of the schedule is done (resume later with --resume)",
     )
-    parser.add_argument("--checkpoint-minutes", type=float, default=3.0, help="checkpoint at least this often (default 3)")
-    parser.add_argument("--out", type=Path, default=None, help="fp16 weights written at the end (default: the model's shipped path)")
+    parser.add_argument(
+        "--checkpoint-minutes", type=float, default=3.0, help="checkpoint at least this often (default 3)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="fp16 weights written at the end (default: the model's shipped path)"
+    )
     return parser.parse_args(argv)
 
 
@@ -102,7 +106,9 @@ def resolve_schedule(args: argparse.Namespace, saved: dict[str, Any] | None) -> 
     return Schedule(**saved)
 
 
-def clip_adamw(model: open_clip.CLIP, lr: float, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def clip_adamw(
+    model: open_clip.CLIP, lr: float, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW as CLIP uses it (no decay on gains and biases), linear warm-up then cosine to zero.
 
     The logit scale is not among the parameters: it follows ``logit_scale_at`` instead.
@@ -157,7 +163,8 @@ class Trainer:
         self.model.logit_scale.fill_(math.log(logit_scale_at(self.schedule, self.step)))
         batch = self.sampler.sample()
         out = self.model(batch.images, self.tokenizer(batch.captions))
-        pairs = zip(out["image_features"].split(self.schedule.group_size), out["text_features"].split(self.schedule.group_size))
+        size = self.schedule.group_size
+        pairs = zip(out["image_features"].split(size), out["text_features"].split(size))
         loss = torch.stack([self.loss_fn(i, t, out["logit_scale"]) for i, t in pairs]).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -256,7 +263,9 @@ def run(trainer: Trainer, run_dir: Path, stop_after: int | None, checkpoint_minu
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if trainer.step < trainer.schedule.steps:
-        print(f"stopped after step {trainer.step} of {trainer.schedule.steps}; continue with --resume --run-dir {run_dir}")
+        print(
+            f"stopped after step {trainer.step} of {trainer.schedule.steps}; continue with --resume --run-dir {run_dir}"
+        )
         return False
     return True
 
@@ -288,29 +297,33 @@ def write_manifest(path: Path, record: dict[str, object], parts: list[CorpusPart
 def export(trainer: Trainer, out: Path, parts: list[CorpusPart], prep_seconds: float) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.half() for k, v in trainer.model.state_dict().items()}, out)
+    checksum, size, logit_scale = sha256_file(out), out.stat().st_size, trainer.model.logit_scale.exp().item()
+    domain_templates = {n: list(t) for n, t in DOMAIN_TEMPLATES.items()} if trainer.schedule.domain_captions else {}
     record: dict[str, object] = {
         "model": trainer.schedule.model,
         "checkpoint": out.name,
-        "checkpoint_sha256": sha256_file(out),
-        "checkpoint_bytes": out.stat().st_size,
+        "checkpoint_sha256": checksum,
+        "checkpoint_bytes": size,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         **asdict(trainer.schedule),
         "steps_done": trainer.step,
         "batch_size": trainer.schedule.groups * trainer.schedule.group_size,
-        "logit_scale": trainer.model.logit_scale.exp().item(),
+        "logit_scale": logit_scale,
         "train_seconds": round(trainer.train_seconds, 1),
         "preprocess_seconds": round(prep_seconds, 1),
         "caption_templates": list(CAPTION_TEMPLATES),
-        "domain_templates": {name: list(t) for name, t in DOMAIN_TEMPLATES.items()} if trainer.schedule.domain_captions else {},
+        "domain_templates": domain_templates,
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
     }
     write_manifest(manifest_for(out), record, parts)
-    print(f"saved {out} ({record['checkpoint_bytes'] / 1e6:.1f} MB, sha256 {record['checkpoint_sha256']})")
-    print(f"{trainer.step} steps, {trainer.train_seconds / 60:.1f} min of training, logit scale {record['logit_scale']:.1f}")
+    print(f"saved {out} ({size / 1e6:.1f} MB, sha256 {checksum})")
+    print(f"{trainer.step} steps, {trainer.train_seconds / 60:.1f} min of training, logit scale {logit_scale:.1f}")
 
 
-def build_trainer(schedule: Schedule, parts_builder: Callable[..., list[CorpusPart]] = build_corpus) -> tuple[Trainer, list[CorpusPart], float]:
+def build_trainer(
+    schedule: Schedule, parts_builder: Callable[..., list[CorpusPart]] = build_corpus
+) -> tuple[Trainer, list[CorpusPart], float]:
     torch.set_num_threads(schedule.threads)
     torch.manual_seed(schedule.seed)
     register_project_configs()

@@ -35,7 +35,9 @@ class PromptLoss:
             return float((self.logits(ctx).argmax(-1) == self.labels).float().mean())
 
 
-def train_coop(loss: PromptLoss, init_ctx: torch.Tensor, steps: int = 200, lr: float = 2e-3) -> tuple[torch.Tensor, list[float]]:
+def train_coop(
+    loss: PromptLoss, init_ctx: torch.Tensor, steps: int = 200, lr: float = 2e-3
+) -> tuple[torch.Tensor, list[float]]:
     """CoOp: Adam on the context vectors, full batch, by backprop through the frozen text tower."""
     ctx = init_ctx.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([ctx], lr=lr)

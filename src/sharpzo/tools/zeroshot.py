@@ -17,10 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sharpzo.data.base import LabeledImages
-from sharpzo.data.locate import DatasetNotInstalledError
-from sharpzo.data.fewshot import downstream_split
 from sharpzo.data.catalog import DATASETS
-
+from sharpzo.data.fewshot import downstream_split
+from sharpzo.data.locate import DatasetNotInstalledError
 from sharpzo.server.project_models import DEFAULT_MODEL, register_project_configs, shipped_weights
 
 TEMPLATE = "a photo of a {}."
@@ -49,7 +48,9 @@ def zero_shot_accuracy(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sharpzo.tools.zeroshot", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"open_clip model name (default {DEFAULT_MODEL})")
-    parser.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path (default: the model's shipped weights)")
+    parser.add_argument(
+        "--pretrained", default=None, help="pretrained tag or checkpoint path (default: the model's shipped weights)"
+    )
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--split", choices=("eval", "val"), default="eval", help="protocol set to score")
     parser.add_argument("--threads", type=int, default=2)
