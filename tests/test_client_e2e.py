@@ -7,9 +7,11 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -35,6 +37,33 @@ def tune_command(server: str, out: Path, *extra: str) -> list[str]:
 def log_lines(run: Path) -> list[dict]:
     path = run / "log.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` again (as uvicorn binds it, with SO_REUSEADDR)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def gone(pid: str) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" in status.read_text().lower()
+    except OSError:
+        return True
 
 
 def wait_for_tells(run: Path, tells: int, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -146,7 +175,7 @@ def test_server_killed_mid_run_retries_finish_it(reference, tmp_path) -> None:
         process = subprocess.Popen(tune_command(server.url, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wait_for_tells(run, 6, process)
         server.kill()  # SIGKILL: image sets and all in-memory state are gone; the ledger stays
-        time.sleep(1.0)
+        wait_until(lambda: port_free(server.port), f"port {server.port} free")
         server = EmbeddedServer(**TINY, port=server.port, env=env).start()
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, output
@@ -188,9 +217,7 @@ def test_sigterm_stops_the_embedded_server_too(tmp_path) -> None:
     assert children, "no embedded server process"
     process.terminate()
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
-    time.sleep(1.0)
-    for pid in children:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    wait_until(lambda: all(gone(pid) for pid in children), f"embedded server {children} stopped")
 
 
 def test_sharpness_at_the_switch_and_the_end_is_charged_to_the_monitor(reference) -> None:
