@@ -117,6 +117,7 @@ def test_transport_errors_are_retried_then_reported() -> None:
 
 def test_concurrency_is_per_client_not_per_call() -> None:
     in_flight, peak = 0, 0
+    full = asyncio.Event()  # made inside the test's event loop below, on first use
 
     async def handle(request: httpx.Request) -> httpx.Response:
         nonlocal in_flight, peak
@@ -124,7 +125,9 @@ def test_concurrency_is_per_client_not_per_call() -> None:
             return httpx.Response(200, content=MODEL.model_dump_json())
         in_flight += 1
         peak = max(peak, in_flight)
-        await asyncio.sleep(0.01)
+        if in_flight == 3:
+            full.set()
+        await asyncio.wait_for(full.wait(), 30)  # the first requests are held until the gate has let three in
         in_flight -= 1
         return logits_answer(request)
 
