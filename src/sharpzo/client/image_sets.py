@@ -63,9 +63,10 @@ class UploadIndex:
 
     def _read(self) -> dict[str, str]:
         try:
-            return json.loads(self.path.read_text())
+            entries: dict[str, str] = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
+        return entries
 
     def get(self, key: str) -> str | None:
         return self._read().get(key)

@@ -43,9 +43,8 @@ async def _admit(
     if admission.authenticator is not None and credentials is None:
         raise ApiError(401, "Authorization: missing; send 'Authorization: Bearer <API key>'", _CHALLENGE)
     refused = malformed(key)
-    caller = await asyncio.to_thread(
-        _arrival, admission, credentials and credentials.credentials, None if refused else key
-    )
+    api_key = None if credentials is None else credentials.credentials
+    caller = await asyncio.to_thread(_arrival, admission, api_key, None if refused else key)
     if caller is None:
         raise ApiError(401, "Authorization: unknown or revoked API key", _CHALLENGE)
     seen = current_observation()

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sharpzo.shared.protocol import LogitsRequest, LogitsResponse, Usage, WireDType
-from sharpzo.shared.tensors import Tensor
+from sharpzo.shared.protocol import LogitsRequest, LogitsResponse, Usage
+from sharpzo.shared.tensors import Tensor, WireDType
 
 from .batcher import LogitsJob, MicroBatcher
 from .errors import ApiError
@@ -98,9 +98,10 @@ class Scorer:
         if not 1 <= n_img <= limits.max_images_per_request:
             raise ApiError(422, f"indices: {n_img} images; a request may score 1..{limits.max_images_per_request}")
         labels = _labels(body, n_img, n_cls, features.device)
-        if n_cand * n_img * n_cls > limits.max_logit_elements:
+        n_logits = n_cand * n_img * n_cls
+        if n_logits > limits.max_logit_elements:
             raise ApiError(
-                422, f"prompts: P x N x C = {n_cand * n_img * n_cls} logits is over the limit of {limits.max_logit_elements}"
+                422, f"prompts: P x N x C = {n_logits} logits is over the limit of {limits.max_logit_elements}"
             )
         return LogitsJob(prompts, suffixes, features, labels, body.return_logits)
 
