@@ -52,7 +52,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mbit", type=float, help="bandwidth cap of the proxy in Mbit/s each way (default: none)")
     parser.add_argument("--config", action="append", type=RunConfig.parse, required=True,
                         help="NAME=METHOD[:option=json,...]; tune options other than the optimiser's go in --tune")
-    parser.add_argument("--tune", type=json.loads, default={}, help='extra tune() options as JSON, e.g. \'{"wire_dtype": "float16"}\'')
+    parser.add_argument("--tune", type=json.loads, default={},
+                        help='extra tune() options as JSON, e.g. \'{"directions": "auto"}\'')
     parser.add_argument("--out", type=Path, default=Path("bench/results/remote"))
     return parser.parse_args()
 
@@ -111,7 +112,8 @@ def summarise(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     header = ["config", "round trip", "wall s", f"÷ {rtt_label(args.rtt[0])}", "requests", "B up / query",
               "B down / query", "test %", f"same w as {rtt_label(args.rtt[0])}"]
     lines = [
-        f"### {args.dataset} {args.shots}-shot, seed {args.seed}, {args.budget} queries, --eval-every {args.eval_every}{cap}",
+        f"### {args.dataset} {args.shots}-shot, seed {args.seed}, {args.budget} queries, "
+        f"--eval-every {args.eval_every}{cap}",
         markdown_table(header, table),
         "Configs: " + "; ".join(f"`{c.name}` = {c.method} {json.dumps(c.options)}" for c in args.config)
         + (f"; tune options {json.dumps(args.tune)}" if args.tune else ""),
@@ -154,7 +156,8 @@ def main() -> None:
     if args.eval_every > 0:
         plot(args, rows, args.out / "time_to_accuracy.png")
     (args.out / "summary.md").write_text(text + "\n")
-    (args.out / "summary.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "w"} for r in rows], indent=1))
+    kept = [{k: v for k, v in r.items() if k != "w"} for r in rows]
+    (args.out / "summary.json").write_text(json.dumps(kept, indent=1))
     print(text)
 
 

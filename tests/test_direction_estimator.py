@@ -68,5 +68,6 @@ def test_zo_sgd_sends_2q_probes_in_one_ask_and_steps_along_their_estimate() -> N
     np.testing.assert_allclose(ask.points[q:], w - mu * directions)
     losses = loss(hessian, b, ask.points)
     opt.tell(Evaluation(losses, np.zeros(2 * q)))
-    np.testing.assert_allclose(opt.solution, w - lr * rge_gradient(losses, mu, directions), atol=1e-12)
+    # the step is lr·√q along the average (lr_scaling="sqrt", the default)
+    np.testing.assert_allclose(opt.solution, w - lr * np.sqrt(q) * rge_gradient(losses, mu, directions), atol=1e-12)
     assert opt.queries == 2 * q

@@ -21,8 +21,10 @@ import asyncio
 import base64
 import random
 import ssl
+import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from pydantic import BaseModel
 from sharpzo.shared.protocol import (
     API_PREFIX,
     IDEMPOTENCY_HEADER,
+    SERVER_TIMING_HEADER,
     AccountUsage,
     ErrorCode,
     ImageSetConcatRequest,
@@ -48,10 +51,13 @@ from sharpzo.shared.protocol import (
 )
 from sharpzo.shared.tensors import Tensor
 
+from .latency import Exchange, server_seconds
+
 # Waiting helps these; an exhausted quota (and every other 4xx) does not refill by waiting.
 RETRIED_CODES: frozenset[ErrorCode] = frozenset({"rate_limited", "unavailable"})
 _JSON = {"Content-Type": "application/json"}
 COMPRESS_MIN_BYTES = 4096
+_SECONDS = "sharpzo.seconds"  # a response's extension: the client's round trip of the attempt that got it
 # A server never reached (refused, unknown host) is more likely a wrong URL than a restart: give up sooner.
 FIRST_CONTACT_ATTEMPTS = 3
 
@@ -79,7 +85,8 @@ def should_retry(status: int, code: str | None) -> bool:
 
 def check_usage(charged: Usage, candidates: int, images: int | None) -> None:
     """One request of ``candidates`` prompts on ``images`` images (None: not known here) must cost exactly that."""
-    expected = Usage(queries=candidates, image_evals=charged.image_evals if images is None else candidates * images, requests=1)
+    evals = charged.image_evals if images is None else candidates * images
+    expected = Usage(queries=candidates, image_evals=evals, requests=1)
     if charged != expected:
         raise UsageMismatch(f"the server charged {charged!r} for a request the client counts as {expected!r}")
 
@@ -120,6 +127,7 @@ class ApiClient:
         )
         self.compress = compress
         self._reached = False  # some request got an HTTP answer
+        self.exchanges: deque[Exchange] = deque(maxlen=256)  # the latest scoring requests, timed (latency.py)
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
         self._gate = asyncio.Semaphore(max(concurrency, 1))
@@ -141,7 +149,8 @@ class ApiClient:
 
     async def _encode(self, body: BaseModel) -> tuple[bytes, dict[str, str]]:
         content = body.model_dump_json().encode()
-        if self.compress and len(content) >= COMPRESS_MIN_BYTES and "gzip" in (await self.model_info()).request_encodings:
+        big = self.compress and len(content) >= COMPRESS_MIN_BYTES
+        if big and "gzip" in (await self.model_info()).request_encodings:
             return zlib.compress(content, 1, wbits=31), {**_JSON, "Content-Encoding": "gzip"}
         return content, dict(_JSON)
 
@@ -154,7 +163,9 @@ class ApiClient:
         for attempt in range(self.retries + 1):
             try:
                 async with self._gate:
+                    began = time.perf_counter()
                     response = await self._http.request(method, f"{API_PREFIX}{path}", content=content, headers=headers)
+                    response.extensions[_SECONDS] = time.perf_counter() - began
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 delay = None
@@ -181,7 +192,8 @@ class ApiClient:
             wait = min(self.max_backoff, self.backoff * 2**attempt)
             await asyncio.sleep(delay if delay is not None else wait * (0.5 + self._jitter.random()))
         raise ApiRequestError(
-            None, f"{method} {self.base_url}{API_PREFIX}{path} failed after {self.retries + 1} attempts; last error: {last}"
+            None,
+            f"{method} {self.base_url}{API_PREFIX}{path} failed after {self.retries + 1} attempts; last error: {last}",
         )
 
     async def model_info(self) -> ModelInfo:
@@ -251,8 +263,12 @@ class ApiClient:
                 labels=label_list,
                 return_logits=return_logits or labels is None,
             )
-            response = LogitsResponse.model_validate_json((await self._send("POST", "/logits", body)).content)
+            answer = await self._send("POST", "/logits", body)
+            response = LogitsResponse.model_validate_json(answer.content)
             check_usage(response.usage, len(chunk), n_img)
+            self.exchanges.append(Exchange(answer.extensions[_SECONDS],
+                                           server_seconds(answer.headers.get(SERVER_TIMING_HEADER)),
+                                           response.usage.image_evals))
             if on_charge is not None:
                 on_charge(response.usage)
             return response
@@ -262,7 +278,7 @@ class ApiClient:
         return Scored(
             loss=None if labels is None else np.concatenate([r.loss for r in responses]),
             accuracy=None if labels is None else np.concatenate([r.accuracy for r in responses]),
-            logits=(np.concatenate([r.logits.to_numpy() for r in responses]) if responses[0].logits is not None else None),
+            logits=None if responses[0].logits is None else np.concatenate([r.logits.to_numpy() for r in responses]),
         )
 
 

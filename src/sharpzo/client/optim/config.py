@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 ConfigT = TypeVar("ConfigT", bound="OptimizerConfig")
 
@@ -18,6 +18,20 @@ def option(default: Any, help: str) -> Any:
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+LrScaling = Literal["sqrt", "linear", "none"]
+_POWERS: dict[str, float] = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
+
+
+def scaled_rate(rate: float, count: int, reference: int, scaling: LrScaling) -> float:
+    """``rate`` chosen at ``reference`` directions, for an average over ``count`` of them: ×(count/reference)^s.
+
+    An average of q random-direction estimates has 1/q of one's variance, so it takes a longer step; √q
+    (sqrt) did better than q (linear) or 1 on groceries validation at q = 8, 16 and 64 (BENCHMARKS.md,
+    "Tuning over a WAN").
+    """
+    return rate if count == reference else rate * (count / reference) ** _POWERS[scaling]
 
 
 @dataclasses.dataclass(frozen=True)

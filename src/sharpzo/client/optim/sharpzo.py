@@ -30,7 +30,7 @@ import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Request
 from .cma_search import CMAConfig, CMASearch
-from .config import option, require
+from .config import LrScaling, option, require, scaled_rate
 from .descent import RandomDirectionDescent
 from .estimators import (
     cge_gradient,
@@ -86,6 +86,9 @@ class SharpZOConfig(CMAConfig):
     )
     rge_mu: float = option(1e-2, "μr, length in spreads of the stage-2 probes (directional derivatives within 5%: estimators.py)")
     directions: int = option(1, "q: stage-2 random directions averaged per step, sent in one request (2q queries a step)")
+    lr_scaling: LrScaling = option(
+        "sqrt", "the stage-2 step with q directions is lr·√q (sqrt), lr·q (linear) or lr (none)"
+    )
     sam_rho: float = option(
         0.0, "ZO-SAM stage 2: length in spreads of the ascent ε = ρ·m/‖m‖ at which each step's pair is evaluated, "
         "m a running average of the estimates (descent.py); 0: off"
@@ -276,7 +279,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
 
     def _switch(self) -> None:
         c = self.config
-        lr = c.lr
+        lr = scaled_rate(c.lr, c.directions, 1, c.lr_scaling)
         if c.mask_lr == "rescaled" and c.mask_fraction < 1.0:
             kept = max(1, int(c.mask_fraction * self.dim + 0.5))
             lr *= (self.dim + 2) / (kept + 2)

@@ -13,13 +13,20 @@ from typing import Literal
 import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Request
-from .config import OptimizerConfig, option, require
+from .config import LrScaling, OptimizerConfig, option, require, scaled_rate
 from .estimators import gaussian_directions, rademacher_directions, require_resolvable_step, rge_gradient, rge_probes
+
+
+GAIN_PAIRS = 5  # the pairs at which ``a`` was chosen
 
 
 @dataclass(frozen=True)
 class SPSAGCConfig(OptimizerConfig):
-    pairs: int = option(5, "two-sided perturbation pairs averaged per step (2·pairs queries a step)")
+    pairs: int = option(5, "two-sided perturbation pairs averaged per step, sent in one request (2·pairs queries a step)")
+    gain_scaling: LrScaling = option(
+        "sqrt", f"a is the gain at {GAIN_PAIRS} pairs; with P pairs it is a·√(P/{GAIN_PAIRS}) (sqrt), "
+        f"a·P/{GAIN_PAIRS} (linear) or a (none)",
+    )
     perturbation: Literal["rademacher", "gaussian"] = option("rademacher", "distribution of the perturbation entries")
     a: float = option(250.0, "learning-rate gain in spreads²/loss: a_k = a / (k + 1 + A)^alpha (chosen on groceries validation, bench/selection.py)")
     A: float = option(50.0, "stability constant of the learning-rate schedule")
@@ -66,7 +73,7 @@ class SPSAGC(Optimizer[SPSAGCConfig]):
 
     def _learning_rate(self) -> float:
         c = self.config
-        return float(c.a / (self.iteration + 1 + c.A) ** c.alpha)
+        return float(scaled_rate(c.a, c.pairs, GAIN_PAIRS, c.gain_scaling) / (self.iteration + 1 + c.A) ** c.alpha)
 
     def _perturbation_size(self) -> float:
         c = self.config

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Request
-from .config import OptimizerConfig, option, require
+from .config import LrScaling, OptimizerConfig, option, require, scaled_rate
 from .descent import RandomDirectionDescent
 from .estimators import require_resolvable_step
 
@@ -16,7 +16,8 @@ from .estimators import require_resolvable_step
 class ZOSGDConfig(OptimizerConfig):
     lr: float = option(100.0, "constant learning rate η of w ← w − η ĝ, in spreads²/loss (best groceries validation on v2, checked on 3 selection seeds: BENCHMARKS.md)")
     mu: float = option(1e-2, "length μ in spreads of the probes w ± μ u, the smoothing radius (chosen with lr; floor: estimators.py)")
-    directions: int = option(1, "q: random directions averaged per step (2q queries a step)")
+    directions: int = option(1, "q: random directions averaged per step, sent in one request (2q queries a step)")
+    lr_scaling: LrScaling = option("sqrt", "the step with q directions is lr·√q (sqrt), lr·q (linear) or lr (none)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -34,7 +35,8 @@ class ZOSGD(Optimizer[ZOSGDConfig]):
     def __init__(self, dim: int, seed: int = 0, config: ZOSGDConfig | None = None) -> None:
         super().__init__(dim, seed, config)
         c = self.config
-        self._descent = RandomDirectionDescent(np.zeros(dim), c.lr, c.mu, c.directions, self.rng)
+        lr = scaled_rate(c.lr, c.directions, 1, c.lr_scaling)
+        self._descent = RandomDirectionDescent(np.zeros(dim), lr, c.mu, c.directions, self.rng)
 
     @property
     def solution(self) -> np.ndarray:
