@@ -23,6 +23,10 @@ from sharpzo.client.embedded import EmbeddedServer
 from .conftest import TINY
 
 SHARPZO = str(Path(sys.executable).parent / "sharpzo")
+# For runs compared bit for bit (or nearly): each job scored alone. The text tower's fp32 results depend on which
+# jobs share its batch, and a run's monitor requests overlap its training requests, so merged they would move the
+# training losses' last bits, differently from run to run.
+UNBATCHED = {"SHARPZO_BATCH_MAX_CANDIDATES": "1"}
 BUDGET = 160
 # The paper's version, d = 8, S = 6: stage-1 iterations cost 2d + S = 22 queries, the mask refresh 2d = 16, steps 2
 TUNE = ["--dataset", "animals", "--shots", "2", "--method", "sharpzo", "--budget", str(BUDGET), "--dim", "8",
@@ -66,6 +70,11 @@ def gone(pid: str) -> bool:
         return True
 
 
+def logged(run: Path) -> list[tuple[int, str]]:
+    """Each log line's (tells, stage), sorted: a monitor's line is written when its evaluation lands, which varies."""
+    return sorted((line["tells"], line["stage"]) for line in log_lines(run))
+
+
 def wait_for_tells(run: Path, tells: int, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -81,7 +90,7 @@ def reference(tmp_path_factory) -> dict:
     """One uninterrupted run on a fresh server: its result and the server's own count."""
     out = tmp_path_factory.mktemp("reference")
     ledger = out / "ledger.sqlite3"
-    with EmbeddedServer(**TINY, env={"SHARPZO_LEDGER": str(ledger)}) as server:
+    with EmbeddedServer(**TINY, env={"SHARPZO_LEDGER": str(ledger), **UNBATCHED}) as server:
         done = subprocess.run(tune_command(server.url, out / "run"), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout + done.stderr
         usage = httpx.get(f"{server.url}/v1/usage", timeout=30).json()
@@ -101,7 +110,7 @@ def test_tune_stays_within_budget(reference) -> None:
     assert stages[0] == "zero-shot" and stages[-1] == "final" and "zo" in stages
     for name in ("prompt.npz", "accuracy.png", "config.json", "checkpoint.pkl"):
         assert (run / name).is_file(), name
-    assert "tuned test acc" in reference["stdout"]
+    assert "returned test" in reference["stdout"] and "returned: the" in reference["stdout"]
 
 
 def test_client_counts_equal_the_servers(reference) -> None:
@@ -113,11 +122,12 @@ def test_client_counts_equal_the_servers(reference) -> None:
 
 
 def _final_w(run: Path) -> np.ndarray:
-    return np.load(run / "prompt.npz")["w"]
+    """The optimiser's last iterate (prompt.npz's ``w`` is the returned prompt, the best on validation)."""
+    return np.load(run / "prompt.npz")["final_w"]
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(reference, tmp_path) -> None:
-    with EmbeddedServer(**TINY) as server:
+    with EmbeddedServer(**TINY, env=UNBATCHED) as server:
         run = tmp_path / "run"
         process = subprocess.Popen(tune_command(server.url, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_tells(run, 5, process)
@@ -130,7 +140,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(reference, tmp_path) -> Non
     ours = json.loads((run / "result.json").read_text())["budget"]
     theirs = json.loads((reference["run"] / "result.json").read_text())["budget"]
     assert ours["queries"] == theirs["queries"]
-    assert [line["tells"] for line in log_lines(run)] == [line["tells"] for line in log_lines(reference["run"])]
+    assert logged(run) == logged(reference["run"])
 
 
 class Interrupted(Exception):
@@ -155,7 +165,7 @@ def test_an_interruption_between_log_and_checkpoint_loses_no_line(reference, tmp
 
     options = {"sharpness": "cge", "popsize": 6, "switch_iterations": 2, "mask_interval": 20}
     run = tmp_path / "run"
-    with EmbeddedServer(**TINY) as server:
+    with EmbeddedServer(**TINY, env=UNBATCHED) as server:
         common = dict(method="sharpzo", budget=BUDGET, dim=8, options=options, eval_every=60, seed=3, shots=2,
                       server=server.url, out=run, progress=False)
         monkeypatch.setattr(tune_module, "save_checkpoint", interrupted_save)
@@ -164,11 +174,11 @@ def test_an_interruption_between_log_and_checkpoint_loses_no_line(reference, tmp
         monkeypatch.setattr(tune_module, "save_checkpoint", real_save)
         tune("animals", resume=True, **common)
     np.testing.assert_allclose(_final_w(run), _final_w(reference["run"]), rtol=1e-5, atol=1e-6)
-    assert [line["tells"] for line in log_lines(run)] == [line["tells"] for line in log_lines(reference["run"])]
+    assert logged(run) == logged(reference["run"])
 
 
 def test_server_killed_mid_run_retries_finish_it(reference, tmp_path) -> None:
-    env = {"SHARPZO_LEDGER": str(tmp_path / "ledger.sqlite3")}
+    env = {"SHARPZO_LEDGER": str(tmp_path / "ledger.sqlite3"), **UNBATCHED}
     server = EmbeddedServer(**TINY, env=env).start()
     try:
         run = tmp_path / "run"
@@ -220,13 +230,11 @@ def test_sigterm_stops_the_embedded_server_too(tmp_path) -> None:
     wait_until(lambda: all(gone(pid) for pid in children), f"embedded server {children} stopped")
 
 
-def test_sharpness_at_the_switch_and_the_end_is_charged_to_the_monitor(reference) -> None:
+def test_monitor_queries_are_the_evaluations_alone_unless_sharpness_is_asked_for(reference) -> None:
     result = json.loads((reference["run"] / "result.json").read_text())
-    assert set(result["sharpness"]) == {"switch", "final"}
-    for measured in result["sharpness"].values():
-        assert np.isfinite(measured["sharpness"]) and measured["queries"] == 17
-    monitors = sum(1 for line in log_lines(reference["run"]) if "val_accuracy" in line)  # 2 queries each
-    assert result["budget"]["monitor_queries"] == 2 * monitors + 2 * 17
+    assert result["sharpness"] == {}  # no --probe-sharpness: no probe at the switch or the end
+    evaluations = sum(1 for line in log_lines(reference["run"]) if "val_accuracy" in line)  # val + test each
+    assert result["budget"]["monitor_queries"] == 2 * evaluations
     assert result["queries"] <= BUDGET
 
 

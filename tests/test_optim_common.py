@@ -49,8 +49,8 @@ ROSENBROCK_SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
 def final_loss(
     name: str, options: dict[str, Any], dim: int, objective: Objective, truth: Objective, seed: int
 ) -> float:
-    optimizer = build_optimizer(name, dim, seed=seed, **options)
-    run(optimizer, objective, BUDGET)
+    optimizer = build_optimizer(name, dim, seed=seed, budget=BUDGET, **options)
+    run(optimizer, objective)
     assert BUDGET - 100 < optimizer.queries <= BUDGET
     return float(truth(optimizer.solution[None])[0])
 
@@ -158,6 +158,24 @@ def test_info_is_small_and_loggable(name: str) -> None:
     assert info["queries"] == optimizer.queries == sum(v for k, v in info.items() if k.startswith("queries_"))
     assert all(isinstance(v, (int, float, str)) for v in info.values())
     assert optimizer.solution.shape == (4,)
+
+
+def test_sharpzo_driven_by_plain_ask_tell_switches_at_its_budget_share() -> None:
+    """The budget is given when the optimiser is made: no loop has to hand it over for the switch to fire."""
+    budget = 60
+    optimizer = build_optimizer("sharpzo", 4, seed=0, budget=budget, popsize=6, mask_fraction=1.0)
+    assert optimizer.budget == budget
+    quadratic = Quadratic(4)
+    while optimizer.queries < budget / 3:
+        assert optimizer.stage == "cma"
+        optimizer.tell(evaluate(quadratic, optimizer.ask()))
+    assert optimizer.stage == "zo"  # the first generation end past a third of the budget
+    assert not optimizer.stop() and not build_optimizer("sharpzo", 4).stop()  # within the budget; no budget, no cap
+
+
+def test_a_budget_of_zero_fraction_switches_at_construction() -> None:
+    optimizer = build_optimizer("sharpzo", 4, seed=0, budget=100, switch_fraction=0.0, mask_fraction=1.0)
+    assert optimizer.stage == "zo"
 
 
 def test_unknown_option_names_the_option() -> None:

@@ -55,9 +55,9 @@ def test_rho_zero_is_plain_cma_and_dense_stage_2_asks_no_mask() -> None:
 
 def test_default_switch_is_a_third_of_the_run_budget() -> None:
     """Both stages run at the defaults: stage 1 ends at the first iteration end past budget / 3."""
-    opt = sharpzo(sharpness="es", mask_fraction=1.0)
     budget = 3 * 4 * S + 20  # a third of it is passed after the 5th generation of S
-    sizes = [len(a.points) for a in run(opt, Quadratic(D, seed=1), budget)]
+    opt = sharpzo(sharpness="es", mask_fraction=1.0, budget=budget)
+    sizes = [len(a.points) for a in run(opt, Quadratic(D, seed=1))]
     assert sizes[:5] == [S] * 5 and sizes[5:] == [2] * ((budget - 5 * S) // 2)
     assert 5 * S >= budget / 3 > 4 * S
 

@@ -39,10 +39,11 @@ def evaluate(objective: Objective, ask: Ask) -> Evaluation:
     return Evaluation(loss=loss, accuracy=1.0 / (1.0 + loss))
 
 
-def run(optimizer: Optimizer, objective: Objective, budget: int) -> list[Ask]:
-    """``optimize`` within ``budget`` queries; returns the asks told."""
+def run(optimizer: Optimizer, objective: Objective) -> list[Ask]:
+    """``optimize`` within the budget the optimiser was made with; returns the asks told."""
+    assert optimizer.budget is not None, "build it with a budget"
     told: list[Ask] = []
-    optimizer.optimize(lambda ask: evaluate(objective, ask), budget, callback=lambda ask, _: told.append(ask))
+    optimizer.optimize(lambda ask: evaluate(objective, ask), callback=lambda ask, _: told.append(ask))
     return told
 
 

@@ -1,9 +1,13 @@
-"""A run's ``checkpoint.pkl``: the loop state, written atomically, read back with its settings checked.
+"""A run's accounting and ``checkpoint.pkl``: the loop state, written atomically, read back with its settings checked.
 
-The state keeps what the server charged as one ``Usage``. Older formats are refused with
-the reason: 1 kept a ``Budget`` class of its own (mapped here only so that its format can be
-read), and 1 and 2 hold optimiser state in the old w units. A checkpoint that this version
-cannot read is an error that says so, never a traceback from inside pickle.
+The state keeps what the server charged as one ``Usage`` (in its ``Meter``), the evaluated
+prompt that is best on validation so far, and the monitor point whose evaluation was in
+flight when it was saved: a resume evaluates that point again (its log line, if it landed
+after the checkpoint, is dropped by ``trim_log``). Older formats are refused with the
+reason: 1 kept a ``Budget`` class of its own (mapped here only so that its format can be
+read), 1 and 2 hold optimiser state in the old w units, and 3 lacks the best-so-far. A
+checkpoint that this version cannot read is an error that says so, never a traceback
+from inside pickle.
 """
 
 from __future__ import annotations
@@ -12,30 +16,99 @@ import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from sharpzo.shared.protocol import Usage
 
 from .optim import Optimizer
 
-CHECKPOINT_FORMAT = 3  # 3: optimiser constants in spreads (client/prompt.py)
+CHECKPOINT_FORMAT = 4  # 3: optimiser constants in spreads (client/prompt.py); 4: the best-so-far and the pending monitor
+
+Kind = Literal["zero-shot", "monitor", "final"]
+
+
+@dataclass(frozen=True)
+class RunSpend:
+    """What a run spent: the method's queries against its cap, and everything the server charged."""
+
+    max_queries: int
+    queries: int  # the method's (training and validation) queries, counted by the optimiser
+    monitor_queries: int  # zero-shot, --eval-every, final and sharpness evaluations: the rest of the charge
+    image_evals: int
+    requests: int
+    total_queries: int  # queries + monitor_queries, as the server charged them
+
+    @classmethod
+    def of(cls, max_queries: int, method_queries: int, charged: Usage) -> "RunSpend":
+        return cls(
+            max_queries=max_queries, queries=method_queries, monitor_queries=charged.queries - method_queries,
+            image_evals=charged.image_evals, requests=charged.requests, total_queries=charged.queries,
+        )
+
+
+@dataclass
+class Meter:
+    """What the server has charged this run so far, method and monitor alike; every response adds its usage."""
+
+    charged: Usage = field(default_factory=Usage)
+
+    def add(self, usage: Usage) -> None:
+        self.charged = self.charged + usage
+
+
+@dataclass(frozen=True)
+class MonitorPoint:
+    """A prompt taken for evaluation, and when: after ``tells`` tells, ``queries`` of the method's queries."""
+
+    w: np.ndarray
+    tells: int
+    iteration: int
+    queries: int
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A prompt's validation and test scores: one of the candidates for the returned prompt."""
+
+    kind: Kind
+    point: MonitorPoint
+    val_accuracy: float
+    test_accuracy: float
+    val_loss: float
+
+    def scores(self) -> dict[str, float]:
+        return {"val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy, "val_loss": self.val_loss}
 
 
 @dataclass
 class LoopState:
     optimizer: Optimizer
-    charged: Usage  # everything the server charged for this run's scoring, method and monitor
+    meter: Meter  # everything the server charged for this run's scoring, method and monitor
+    zero_shot: Evaluated
+    best: Evaluated  # the best on validation of the prompts evaluated so far; earlier wins ties
     next_eval: int
-    best_val: float
-    elapsed: float
-    zero_shot: dict[str, float]
+    elapsed: float = 0.0
     tells: int = 0
+    stall: int = 0  # monitor evaluations in a row that did not improve on ``best``
+    pending: MonitorPoint | None = None  # a monitor point not yet evaluated when saved: a resume redoes it
     sharpness: dict[str, dict[str, float]] = field(default_factory=dict)  # client/sharpness.py, by where measured
 
-    @property
-    def monitor_queries(self) -> int:
-        """The monitor's queries: the optimiser counts its own, the rest of the charge is the monitor's."""
-        return self.charged.queries - self.optimizer.queries
+    def point(self) -> MonitorPoint:
+        """The optimiser's current prompt, taken now."""
+        opt = self.optimizer
+        return MonitorPoint(np.array(opt.solution, dtype=float), self.tells, opt.iteration, opt.queries)
+
+    def spend(self, max_queries: int) -> RunSpend:
+        return RunSpend.of(max_queries, self.optimizer.queries, self.meter.charged)
+
+    def consider(self, candidate: Evaluated) -> bool:
+        """Keep ``candidate`` if it beats the best on validation accuracy (a tie keeps the earlier); True if it did."""
+        improved = candidate.val_accuracy > self.best.val_accuracy
+        if improved:
+            self.best = candidate
+        return improved
 
 
 class _FormatOneBudget:
@@ -76,6 +149,11 @@ def load_checkpoint(path: Path, run_settings: dict[str, Any]) -> LoopState:
             "client/prompt.py): its optimiser state and options are in the old w units and would mean other steps; "
             "it cannot resume: start a fresh --out directory"
         )
+    if saved.get("format") == 3:
+        raise RuntimeError(
+            f"{path} was written before runs kept the best prompt on validation: it cannot resume; "
+            "start a fresh --out directory"
+        )
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise RuntimeError(f"{path}: unknown checkpoint format {saved.get('format')}; start a fresh --out directory")
     if saved["settings"] != run_settings:
@@ -87,11 +165,14 @@ def load_checkpoint(path: Path, run_settings: dict[str, Any]) -> LoopState:
     return state
 
 
-def trim_log(log: Path, tells: int) -> None:
-    """Drop log lines written after the checkpoint of ``tells`` tells, and a finished run's final line.
+def trim_log(log: Path, tells: int, redo: MonitorPoint | None = None) -> None:
+    """Drop log lines written after the checkpoint of ``tells`` tells, a finished run's final line, and ``redo``'s.
 
     The loop writes each line before its checkpoint, so the log never lacks a line the checkpoint
-    has; a process killed mid-write leaves a partial last line, which is dropped too.
+    has; a process killed mid-write leaves a partial last line, which is dropped too. A monitor's
+    line carries the tells at which its prompt was taken and is written when its evaluation
+    lands; if that was after the checkpoint (``redo``, its pending point), the resume evaluates
+    it again and writes it again.
     """
     if log.exists():
         lines = log.read_text().splitlines()
@@ -100,5 +181,9 @@ def trim_log(log: Path, tells: int) -> None:
             entries += [json.loads(line) for line in lines[-1:]]
         except json.JSONDecodeError:
             pass
-        kept = [json.dumps(e) for e in entries if e["tells"] <= tells and e["stage"] != "final"]
+        redone = None if redo is None else redo.tells
+        kept = [
+            json.dumps(e) for e in entries
+            if e["tells"] <= tells and e["stage"] != "final" and not (e["stage"] == "monitor" and e["tells"] == redone)
+        ]
         log.write_text("".join(f"{line}\n" for line in kept))

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +20,9 @@ from sharpzo.data.locate import DatasetNotInstalledError
 from .flags import add_setting_flags, optimizer_help, preset_help, settings_from_args
 from .install_check import ServerNotInstalled, require_server
 from .settings import presets
+
+if TYPE_CHECKING:
+    from .tune import TuneResult
 
 console = Console()
 
@@ -49,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         "tune",
         help="tune a soft prompt within a query budget",
         description="Tune a soft text prompt for a labelled image set through the server's API alone. "
-        "Writes a run directory with config.json, log.jsonl (one line per iteration), checkpoint.pkl, "
-        "prompt.npz, result.json and accuracy.png.",
+        "Returns the evaluated prompt (zero-shot, each --eval-every point, the final iterate) that is best on "
+        "validation accuracy; a tie goes to the earlier, so zero-shot wins ties and a run never returns a prompt "
+        "that validates worse than zero-shot. Writes a run directory with config.json, log.jsonl (one line per "
+        "iteration and per evaluation), checkpoint.pkl, prompt.npz (the returned prompt), result.json (which was "
+        "returned: selected) and accuracy.png.",
         epilog=f"{preset_help()}\n\n{optimizer_help()}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -76,17 +82,23 @@ def _forward(module: str, argv: list[str]) -> None:
     os.execv(sys.executable, [sys.executable, "-m", module, *argv])
 
 
-def _print_result(result: Any) -> None:
-    table = Table(title=f"{result.method}: {result.run_dir}")
-    for column in ("zero-shot test acc", "tuned test acc", "queries used", "monitor queries", "wall time"):
+def _print_result(result: TuneResult) -> None:
+    table = Table(title=f"{result.method}: {result.run_dir}; returned: the {result.selected} prompt")
+    for column in ("zero-shot test", "returned test", "returned val", "queries", "monitor", "wall"):
         table.add_column(column, justify="right")
+    spend = result.budget
     table.add_row(
         f"{result.zero_shot_test_accuracy:.1%}",
         f"{result.test_accuracy:.1%}",
-        f"{result.budget['queries']} / {result.budget['max_queries']}",
-        str(result.budget["monitor_queries"]),
+        f"{result.val_accuracy:.1%}",
+        f"{spend.queries}/{spend.max_queries}",
+        str(spend.monitor_queries),
         f"{result.wall_seconds:.0f} s",
     )
+    if result.selected != "final":
+        table.caption = (
+            f"final iterate, not returned: test {result.final_test_accuracy:.1%}, val {result.final_val_accuracy:.1%}"
+        )
     console.print(table)
 
 

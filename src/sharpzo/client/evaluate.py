@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from sharpzo.data.base import FewShotTask
-from .image_sets import ImageSetCache, upload_split
+from .image_sets import UploadIndex, upload_split
 from .prompt import DEFAULT_INIT_TEXT
 from .runner import connect
 from .tasks import resolve_task
@@ -27,9 +27,9 @@ async def evaluate_prompt(
             if list(saved["class_names"]) != task.class_names:
                 raise ValueError(f"{prompt} was tuned for other classes: {list(saved['class_names'])}")
         out = {}
-        cache = ImageSetCache()
+        index = UploadIndex()
         for split in ("val", "test"):
-            remote = await upload_split(api, getattr(task, split), cache=cache)
+            remote = await upload_split(api, getattr(task, split), index=index)
             scored = await api.score(remote.set_id, task.class_names, ctx[None], labels=remote.labels)
             out[f"{split}_accuracy"] = float(scored.accuracy[0])
             out[f"{split}_loss"] = float(scored.loss[0])

@@ -16,7 +16,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .latency import parse_directions
 from .optim import OPTIMIZERS
 from .prompt import DEFAULT_ALPHA, DEFAULT_INIT_TEXT
 
@@ -44,17 +43,24 @@ class TuneSettings:
     eval_every: int = setting(
         1000,
         "queries between validation/test evaluations of the current prompt, charged by the server but not against "
-        "--budget; 0: none between the zero-shot and the final evaluation",
+        "--budget; 0: none between the zero-shot and the final evaluation. The run returns the evaluated prompt "
+        "(zero-shot, monitored or final) that is best on validation accuracy; on a tie the earlier one, so zero-shot "
+        "wins ties",
+        "run",
+    )
+    early_stop: int = setting(
+        0,
+        "stop after N --eval-every evaluations in a row without a validation improvement (decided at the next "
+        "evaluation point, so a run stops at the same step whatever the network); 0: off",
+        "run",
+    )
+    probe_sharpness: bool = setting(
+        False,
+        "measure sharpness (client/sharpness.py; 17 monitor queries each) at SharpZO's stage switch and at the end",
         "run",
     )
     augment: bool = setting(False, "encode training images with one random augmented view", "run")
     options: dict[str, Any] = setting({}, "optimiser options by name (--opt NAME=VALUE; see below)", "run")
-    directions: str | None = setting(
-        None, "q: random directions per step of zo-sgd, sharpzo's stage 2 and spsa-gc (its pairs), sent as 2q "
-        "candidates in one request, so a far server's round trip is paid once per 2q queries; auto: chosen once at "
-        "the start from the measured round trip and server time (client/latency.py; recorded in config.json); "
-        "unset: the method's own default; an explicit --opt directions=/pairs= wins", "run", metavar="auto|Q",
-    )
     shots: int = setting(16, "images per class in the training set", "data")
     test_data: Any = setting(
         None, "test images in the same forms as --data; by default a seeded part of what the k-shot draw leaves",
@@ -83,11 +89,11 @@ class TuneSettings:
         if self.method not in OPTIMIZERS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(OPTIMIZERS)}")
         OPTIMIZERS[self.method].config_type.from_options(self.options, owner=self.method)
-        for name, least in (("budget", 0), ("eval_every", 0), ("dim", 1), ("shots", 1), ("concurrency", 1)):
+        for name, least in (("budget", 0), ("eval_every", 0), ("early_stop", 0), ("dim", 1), ("shots", 1), ("concurrency", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
-        if self.directions is not None:
-            parse_directions(self.directions)
+        if self.early_stop and not self.eval_every:
+            raise ValueError("early_stop needs eval_every > 0: it counts the --eval-every evaluations")
         if not self.timeout > 0:
             raise ValueError(f"timeout must be positive, got {self.timeout}")
 

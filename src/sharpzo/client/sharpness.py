@@ -4,7 +4,8 @@ For ``pairs`` fixed random directions u_j (seeded, so every run and every point 
 same ones) scaled to ``radius`` spreads (client/prompt.py), sharpness(w) is the mean of
 [L(w + δ_j) + L(w − δ_j)]/2 − L(w). The antithetic pair cancels the gradient term, so it
 is about ½ δᵀHδ averaged, r²·tr(H)/2 for the w-space Hessian H: ``hessian_trace`` reports
-2·sharpness/r². Each measurement costs 1 + 2·pairs queries, charged as monitor queries.
+2·sharpness/r². Each measurement costs 1 + 2·pairs queries, charged as monitor queries; a tuning
+run takes them (at SharpZO's stage switch and at the end) only with ``--probe-sharpness``.
 """
 
 from __future__ import annotations

@@ -1,52 +1,76 @@
-"""One tuning run: the optimiser's loop against the API, with logs, checkpoints and resume.
+"""One tuning run: the optimiser's loop against the API, with logs, checkpoints, resume and the no-regret choice.
 
 Run directory:
   config.json    the run's settings, task (classes, image hashes per split, seed) and the server's model
-  log.jsonl      one line per optimiser iteration (queries, loss, accuracies, stage, wall time)
-  checkpoint.pkl the optimiser (with its RNG and CMA state), what the server charged and the loop state
-  prompt.npz     the tuned context vectors, w, p0 and the projection's seed and alpha
-  result.json    zero-shot and tuned accuracies, what was spent, wall time
+  log.jsonl      one line per optimiser iteration (queries, loss, accuracies, stage, wall time), one per
+                 evaluation of a prompt on validation and test (stage zero-shot, monitor or final)
+  checkpoint.pkl the optimiser (with its RNG and CMA state), what the server charged, the best prompt on
+                 validation so far and the loop state
+  prompt.npz     the returned context vectors, their w (``final_w``: the optimiser's last iterate), p0 and
+                 the projection's seed and alpha
+  result.json    the returned prompt's accuracies and which it is (``selected``), zero-shot's and the final
+                 iterate's, what was spent (``budget``: ``RunSpend``), wall time
+
+The returned prompt is the best on validation accuracy among the evaluated ones: the zero-shot
+prompt (w = 0), every --eval-every point and the final iterate, the earlier on a tie, so a
+run never returns a prompt that validates worse than zero-shot. Those evaluations overlap
+training: a monitor point's validation and test requests go out together as a task while
+the loop goes on, and land in the log when they arrive, marked with the tells and queries at
+which the prompt was taken. At most one is in flight: the next point (and the early-stopping
+decision) first waits for the previous one, so the trajectory, the stop and the choice are
+the same whatever the network. A checkpoint saved while one is in flight records its point,
+and a resume evaluates it again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from sharpzo.data.base import FewShotTask
-from sharpzo.shared.protocol import Usage
 
 from .api import ApiClient, ApiRequestError
-from .checkpoint import LoopState, load_checkpoint, save_checkpoint, trim_log
-from .image_sets import ImageSetCache, RemoteSplit, upload_split
-from .optim import Ask, Evaluation, build_optimizer
+from .checkpoint import (
+    Evaluated, Kind, LoopState, Meter, MonitorPoint, RunSpend, load_checkpoint, save_checkpoint, trim_log,
+)
+from .image_sets import RemoteSplit, UploadIndex, upload_split
+from .optim import Evaluation, build_optimizer
 from .progress import TuneProgress
-from .sharpness import SharpnessProbe
 from .prompt import PromptSpace
 from .settings import TuneSettings
+from .sharpness import SharpnessProbe
 
 log = logging.getLogger(__name__)
+
+Selected = Literal["zero-shot", "final", "best-validation"]
 
 
 @dataclass(frozen=True)
 class TuneResult:
     run_dir: Path
     method: str
+    selected: Selected  # which evaluated prompt is returned: see the module docstring
     zero_shot_test_accuracy: float
-    test_accuracy: float
+    zero_shot_val_accuracy: float
+    test_accuracy: float  # of the returned prompt, as val_accuracy
     val_accuracy: float
+    final_test_accuracy: float  # of the optimiser's last iterate
+    final_val_accuracy: float
+    selected_queries: int  # the method's queries when the returned prompt was taken
     queries: int
-    budget: dict[str, Any]
+    budget: RunSpend
     wall_seconds: float
     w: np.ndarray = field(repr=False)
     ctx: np.ndarray = field(repr=False)
-    sharpness: dict[str, dict[str, float]] = field(default_factory=dict)  # at the stage switch and the end
+    sharpness: dict[str, dict[str, float]] = field(default_factory=dict)  # with --probe-sharpness: switch, final
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
@@ -64,6 +88,110 @@ class RemoteTask:
     test: RemoteSplit
 
 
+async def upload_task(api: ApiClient, task: FewShotTask, settings: TuneSettings, progress: bool) -> RemoteTask:
+    index = UploadIndex()
+    splits = {}
+    for name in ("train", "val", "test"):
+        splits[name] = await upload_split(
+            api, getattr(task, name), augment=settings.augment and name == "train",
+            seed=settings.seed, index=index, label=name, progress=progress,
+        )
+    return RemoteTask(task.class_names, **splits)
+
+
+class Scorer:
+    """A prepared session: the prompt space and the task's image sets on the server; every charge goes to ``meter``."""
+
+    def __init__(self, api: ApiClient, task: FewShotTask, settings: TuneSettings, space: PromptSpace,
+                 remote: RemoteTask, meter: Meter, progress: bool) -> None:
+        self.api, self.task, self.settings, self.progress = api, task, settings, progress
+        self.space = space
+        self.remote = remote
+        self.meter = meter
+
+    @classmethod
+    async def prepare(
+        cls, api: ApiClient, task: FewShotTask, settings: TuneSettings, meter: Meter, progress: bool
+    ) -> "Scorer":
+        p0 = await api.token_embeddings(settings.init_text)
+        space = PromptSpace.create(p0, settings.dim, settings.seed, settings.alpha)
+        return cls(api, task, settings, space, await upload_task(api, task, settings, progress), meter, progress)
+
+    async def evaluate(self, points: np.ndarray, split: str) -> Evaluation:
+        ctx = self.space.ctx(points)
+        try:
+            return await self._score(ctx, split)
+        except ApiRequestError as exc:
+            if exc.status != 404:
+                raise
+            # a restarted server that kept no image sets: upload again, once
+            self.remote = await upload_task(self.api, self.task, self.settings, self.progress)
+            return await self._score(ctx, split)
+
+    async def _score(self, ctx: np.ndarray, split: str) -> Evaluation:
+        remote: RemoteSplit = getattr(self.remote, split)
+        scored = await self.api.score(
+            remote.set_id, self.remote.class_names, ctx, labels=remote.labels, on_charge=self.meter.add
+        )
+        return Evaluation(scored.loss, scored.accuracy)
+
+    async def score_point(self, point: MonitorPoint, kind: Kind) -> Evaluated:
+        """Validation and test accuracy of ``point``'s prompt, both requests at once; charged as monitor queries."""
+        val, test = await asyncio.gather(self.evaluate(point.w[None], "val"), self.evaluate(point.w[None], "test"))
+        return Evaluated(kind, point, float(val.accuracy[0]), float(test.accuracy[0]), float(val.loss[0]))
+
+    async def sharpness(self, w: np.ndarray) -> dict[str, float]:
+        """client/sharpness.py on the training set; not told to the optimiser, so charged as monitor queries."""
+        return await SharpnessProbe().measure(w, lambda points: self.evaluate(points, "train"))
+
+
+class Monitoring:
+    """The --eval-every evaluations of the current prompt: one in flight at a time, while training goes on."""
+
+    def __init__(self, scorer: Scorer, state: LoopState, settings: TuneSettings,
+                 record: Callable[[Evaluated], None]) -> None:
+        self.scorer, self.state, self.settings, self.record = scorer, state, settings, record
+        self._task: asyncio.Task[Evaluated] | None = None
+        if state.pending is not None:  # in flight when the checkpoint was saved: evaluate it again
+            self._start(state.pending)
+
+    def _start(self, point: MonitorPoint) -> None:
+        self.state.pending = point
+        self._task = asyncio.create_task(self.scorer.score_point(point, "monitor"))
+
+    def poll(self) -> None:
+        """Record the evaluation in flight if it has landed."""
+        if self._task is not None and self._task.done():
+            self._land(self._task.result())
+
+    async def settle(self) -> None:
+        """Wait for the evaluation in flight, if any, and record it."""
+        if self._task is not None:
+            self._land(await self._task)
+
+    def _land(self, evaluated: Evaluated) -> None:
+        self._task = None
+        self.state.pending = None
+        self.state.stall = 0 if self.state.consider(evaluated) else self.state.stall + 1
+        self.record(evaluated)
+
+    async def after_tell(self) -> bool:
+        """Start the evaluation of the current prompt when one is due; False when early stopping ends the run."""
+        state, every = self.state, self.settings.eval_every
+        if every == 0 or state.optimizer.queries < state.next_eval:
+            return True
+        await self.settle()  # the previous point first, so the stop is decided at the same tell on any network
+        if self.settings.early_stop and state.stall >= self.settings.early_stop:
+            return False
+        self._start(state.point())
+        state.next_eval += every
+        return True
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 class Tuner:
     def __init__(
         self, api: ApiClient, task: FewShotTask, settings: TuneSettings, run_dir: Path, show_progress: bool = True
@@ -73,63 +201,91 @@ class Tuner:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.show_progress = show_progress
-        self.space: PromptSpace | None = None
-        self.remote: RemoteTask | None = None
-        self.state: LoopState | None = None
 
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.pkl"
 
-    async def _prepare(self) -> None:
-        p0 = await self.api.token_embeddings(self.settings.init_text)
-        self.space = PromptSpace.create(p0, self.settings.dim, self.settings.seed, self.settings.alpha)
-        await self._upload()
+    async def run(self, resume: bool = False) -> TuneResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self._resumed() if resume and self.checkpoint_path.exists() else None  # before any upload
+        meter = resumed.meter if resumed is not None else Meter()
+        scorer = await Scorer.prepare(self.api, self.task, self.settings, meter, self.show_progress)
+        state = resumed if resumed is not None else await self._start(scorer)
+        await self._train(scorer, state)
+        final = await self._final(scorer, state)
+        return self._finish(scorer.space, state, final)
 
-    async def _upload(self) -> None:
-        cache = ImageSetCache()
-        splits = {}
-        for name in ("train", "val", "test"):
-            splits[name] = await upload_split(
-                self.api, getattr(self.task, name), augment=self.settings.augment and name == "train",
-                seed=self.settings.seed, cache=cache, label=name, progress=self.show_progress,
+    def _resumed(self) -> LoopState:
+        """The checkpoint's state, with the log trimmed to it: an unreadable checkpoint costs no upload."""
+        state = load_checkpoint(self.checkpoint_path, self.settings.run_settings())
+        trim_log(self.run_dir / "log.jsonl", state.tells, state.pending)
+        return state
+
+    async def _start(self, scorer: Scorer) -> LoopState:
+        self._write_config((await self.api.model_info()).model_dump())
+        (self.run_dir / "log.jsonl").write_text("")
+        s = self.settings
+        zero_shot = await scorer.score_point(MonitorPoint(np.zeros(s.dim), 0, 0, 0), "zero-shot")
+        optimizer = build_optimizer(s.method, s.dim, s.seed, budget=s.budget, **s.options)
+        state = LoopState(optimizer, scorer.meter, zero_shot=zero_shot, best=zero_shot, next_eval=s.eval_every)
+        self._log(state, {"stage": "zero-shot", **zero_shot.scores()}, zero_shot.point)
+        self._save(state)
+        return state
+
+    async def _train(self, scorer: Scorer, state: LoopState) -> None:
+        opt = state.optimizer
+        started = time.perf_counter() - state.elapsed
+        monitoring = Monitoring(scorer, state, self.settings,
+                                lambda done: self._log(state, {"stage": "monitor", **done.scores()}, done.point))
+        stage = opt.stage
+        with TuneProgress(self.settings, self.show_progress) as progress:
+            progress.update(opt.queries, opt.stage, None, None, state.best.val_accuracy)
+            try:
+                for ask in opt.rounds():
+                    result = await scorer.evaluate(ask.points, ask.split)
+                    opt.tell(result)
+                    monitoring.poll()
+                    if opt.stage != stage and self.settings.probe_sharpness:  # where SharpZO's stage 2 starts
+                        state.sharpness["switch"] = await scorer.sharpness(opt.solution)
+                    stage = opt.stage
+                    state.tells += 1
+                    go_on = await monitoring.after_tell()
+                    best = int(np.argmin(result.loss))
+                    entry = {"stage": opt.stage, "split": ask.split, "n": len(ask.points), "loss": float(result.loss[best]),
+                             "accuracy": float(result.accuracy[best]), "loss_mean": float(np.mean(result.loss))}
+                    state.elapsed = time.perf_counter() - started
+                    self._log(state, entry, state.point())  # before the checkpoint: a resume trims what it lacks
+                    self._save(state)
+                    progress.update(opt.queries, opt.stage, entry["loss"], entry["accuracy"], state.best.val_accuracy)
+                    if not go_on:
+                        break
+                await monitoring.settle()
+            finally:
+                monitoring.cancel()
+        state.elapsed = time.perf_counter() - started
+        self._warn_if_untuned(state)
+
+    def _warn_if_untuned(self, state: LoopState) -> None:
+        if state.tells == 0 and self.settings.budget > 0:  # 0 asks for the zero-shot evaluation alone
+            log.warning(
+                "%s's first batch needs %d queries, more than the budget of %d: nothing was tuned; raise "
+                "--budget (or, for sharpzo, use --opt sharpness=es, which needs no 2d-query gradient)",
+                self.settings.method, len(state.optimizer.ask().points), self.settings.budget,
             )
-        self.remote = RemoteTask(self.task.class_names, **splits)
 
-    def _charge(self, usage: Usage) -> None:
-        assert self.state is not None
-        self.state.charged = self.state.charged + usage
-
-    async def evaluate(self, points: np.ndarray, split: str) -> Evaluation:
-        assert self.space is not None and self.remote is not None
-        ctx = self.space.ctx(points)
-        try:
-            remote: RemoteSplit = getattr(self.remote, split)
-            scored = await self.api.score(
-                remote.set_id, self.remote.class_names, ctx, labels=remote.labels, on_charge=self._charge
-            )
-        except ApiRequestError as exc:
-            if exc.status != 404:
-                raise
-            # a restarted server that kept no image sets: upload again, once
-            await self._upload()
-            remote = getattr(self.remote, split)
-            scored = await self.api.score(
-                remote.set_id, self.remote.class_names, ctx, labels=remote.labels, on_charge=self._charge
-            )
-        return Evaluation(scored.loss, scored.accuracy)
-
-    async def _objective(self, ask: Ask) -> Evaluation:
-        return await self.evaluate(ask.points, ask.split)
-
-    async def _sharpness(self, w: np.ndarray) -> dict[str, float]:
-        """client/sharpness.py on the training set; not told to the optimiser, so charged as monitor queries."""
-        return await SharpnessProbe().measure(w, lambda points: self.evaluate(points, "train"))
-
-    async def _monitor(self, w: np.ndarray) -> dict[str, float]:
-        point = w[None]
-        val, test = await self.evaluate(point, "val"), await self.evaluate(point, "test")
-        return {"val_accuracy": float(val.accuracy[0]), "test_accuracy": float(test.accuracy[0]), "val_loss": float(val.loss[0])}
+    async def _final(self, scorer: Scorer, state: LoopState) -> Evaluated:
+        started = time.perf_counter() - state.elapsed
+        point = state.point()
+        final = asyncio.ensure_future(scorer.score_point(point, "final"))
+        if self.settings.probe_sharpness:
+            state.sharpness["final"] = await scorer.sharpness(point.w)
+        evaluated = await final
+        state.consider(evaluated)
+        state.elapsed = time.perf_counter() - started
+        self._log(state, {"stage": "final", **evaluated.scores()}, point)
+        self._save(state)
+        return evaluated
 
     def _write_config(self, model: dict[str, Any]) -> None:
         config = {
@@ -147,110 +303,43 @@ class Tuner:
         }
         (self.run_dir / "config.json").write_text(json.dumps(config, indent=1))
 
-    def _fresh_state(self) -> LoopState:
-        optimizer = build_optimizer(self.settings.method, self.settings.dim, self.settings.seed, **self.settings.options)
-        return LoopState(optimizer, Usage(), self.settings.eval_every, float("-inf"), 0.0, {})
+    def _save(self, state: LoopState) -> None:
+        save_checkpoint(self.checkpoint_path, self.settings.run_settings(), state)
 
-    def _save(self) -> None:
-        assert self.state is not None
-        save_checkpoint(self.checkpoint_path, self.settings.run_settings(), self.state)
-
-    async def run(self, resume: bool = False) -> TuneResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        resuming = resume and self.checkpoint_path.exists()
-        if resuming:  # read before any upload, so that an unreadable checkpoint costs nothing
-            self.state = load_checkpoint(self.checkpoint_path, self.settings.run_settings())
-            trim_log(self.run_dir / "log.jsonl", self.state.tells)
-        else:
-            self.state = self._fresh_state()
-        state = self.state
-        await self._prepare()
-        if not resuming:
-            self._write_config((await self.api.model_info()).model_dump())
-            (self.run_dir / "log.jsonl").write_text("")
-            state.zero_shot = await self._monitor(np.zeros(self.settings.dim))
-            self._log({"stage": "zero-shot", **state.zero_shot}, 0.0)
-            state.best_val = state.zero_shot["val_accuracy"]
-            self._save()
-        started = time.perf_counter() - state.elapsed
-        opt = state.optimizer
-        with TuneProgress(self.settings, self.show_progress) as progress:
-            progress.update(opt.queries, opt.stage, None, None, state.best_val)
-            stage = opt.stage
-
-            async def after_tell(ask: Ask, result: Evaluation) -> None:
-                nonlocal stage
-                if opt.stage != stage:  # SharpZO's switch: the sharpness where stage 2 starts
-                    state.sharpness["switch"] = await self._sharpness(opt.solution)
-                    stage = opt.stage
-                state.tells += 1
-                entry: dict[str, Any] = {"stage": opt.stage, "split": ask.split, "n": len(ask.points)}
-                best = int(np.argmin(result.loss))
-                entry.update(loss=float(result.loss[best]), accuracy=float(result.accuracy[best]),
-                             loss_mean=float(np.mean(result.loss)))
-                if self.settings.eval_every > 0 and opt.queries >= state.next_eval:
-                    entry.update(await self._monitor(opt.solution))
-                    state.best_val = max(state.best_val, entry["val_accuracy"])
-                    state.next_eval += self.settings.eval_every
-                state.elapsed = time.perf_counter() - started
-                self._log(entry, state.elapsed)  # before the checkpoint: a resume trims what the checkpoint lacks
-                self._save()
-                progress.update(opt.queries, opt.stage, entry["loss"], entry["accuracy"], state.best_val)
-
-            await opt.optimize_async(self._objective, self.settings.budget, callback=after_tell)
-        if state.tells == 0 and self.settings.budget > 0:  # 0 asks for the zero-shot evaluation alone
-            log.warning(
-                "%s's first batch needs %d queries, more than the budget of %d: nothing was tuned; raise "
-                "--budget (or, for sharpzo, use --opt sharpness=es, which needs no 2d-query gradient)",
-                self.settings.method, len(opt.ask().points), self.settings.budget,
-            )
-        final = await self._monitor(opt.solution)
-        state.sharpness["final"] = await self._sharpness(opt.solution)
-        state.elapsed = time.perf_counter() - started
-        self._log({"stage": "final", **final}, state.elapsed)
-        self._save()
-        return self._finish(final)
-
-    def _log(self, entry: dict[str, Any], elapsed: float) -> None:
-        assert self.state is not None
+    def _log(self, state: LoopState, entry: dict[str, Any], at: MonitorPoint) -> None:
+        """One log line for the prompt taken ``at`` (tells, iteration, queries); the charge is as of now."""
         line = {
-            "tells": self.state.tells,
-            "iteration": self.state.optimizer.iteration,
-            "queries": self.state.optimizer.queries,
-            "total_queries": self.state.charged.queries,
-            "wall_s": round(elapsed, 3),
+            "tells": at.tells,
+            "iteration": at.iteration,
+            "queries": at.queries,
+            "total_queries": state.meter.charged.queries,
+            "wall_s": round(state.elapsed, 3),
             **entry,
         }
         with open(self.run_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(line) + "\n")
 
-    def _spent(self) -> dict[str, Any]:
-        """What result.json reports as ``budget``: the method's queries against the cap, and the server's charge."""
-        assert self.state is not None
-        charged = self.state.charged
-        return {
-            "max_queries": self.settings.budget, "queries": self.state.optimizer.queries,
-            "monitor_queries": self.state.monitor_queries, "image_evals": charged.image_evals,
-            "requests": charged.requests, "total_queries": charged.queries,
-        }
-
-    def _finish(self, final: dict[str, float]) -> TuneResult:
-        assert self.space is not None and self.state is not None
-        state = self.state
-        w = state.optimizer.solution
-        ctx = self.space.ctx(w)[0]
+    def _finish(self, space: PromptSpace, state: LoopState, final: Evaluated) -> TuneResult:
+        best = state.best
+        w = best.point.w
+        ctx = space.ctx(w)[0]
         np.savez(
-            self.run_dir / "prompt.npz", ctx=ctx, w=w, p0=self.space.p0, alpha=self.space.alpha, seed=self.space.seed,
-            class_names=np.array(self.task.class_names),
+            self.run_dir / "prompt.npz", ctx=ctx, w=w, final_w=final.point.w, p0=space.p0, alpha=space.alpha,
+            seed=space.seed, class_names=np.array(self.task.class_names),
         )
         result = TuneResult(
             run_dir=self.run_dir,
             method=self.settings.method,
-            zero_shot_test_accuracy=state.zero_shot["test_accuracy"],
-            test_accuracy=final["test_accuracy"],
-            val_accuracy=final["val_accuracy"],
+            selected=selection(best, final),
+            zero_shot_test_accuracy=state.zero_shot.test_accuracy,
+            zero_shot_val_accuracy=state.zero_shot.val_accuracy,
+            test_accuracy=best.test_accuracy,
+            val_accuracy=best.val_accuracy,
+            final_test_accuracy=final.test_accuracy,
+            final_val_accuracy=final.val_accuracy,
+            selected_queries=best.point.queries,
             queries=state.optimizer.queries,
-            budget=self._spent(),
+            budget=state.spend(self.settings.budget),
             wall_seconds=state.elapsed,
             w=w,
             ctx=ctx,
@@ -258,3 +347,12 @@ class Tuner:
         )
         (self.run_dir / "result.json").write_text(json.dumps(result.summary(), indent=1))
         return result
+
+
+def selection(best: Evaluated, final: Evaluated) -> Selected:
+    """What result.json's ``selected`` says of ``best``: a monitored prompt that is the final iterate is ``final``."""
+    if best.kind == "zero-shot":
+        return "zero-shot"
+    if best.kind == "final" or np.array_equal(best.point.w, final.point.w):
+        return "final"
+    return "best-validation"

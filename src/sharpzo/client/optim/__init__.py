@@ -1,6 +1,7 @@
 """Client-side black-box optimisers over the prompt vector w, driven by ask/tell.
 
-``build_optimizer(name, dim, seed, **options)`` builds one from ``OPTIMIZERS``; each
+``build_optimizer(name, dim, seed, budget=N, **options)`` builds one from ``OPTIMIZERS`` for a
+run of at most N queries (None: no cap); each
 optimiser's options are the fields of its ``config_type`` dataclass (help text in
 ``field.metadata["help"]``).
 """
@@ -19,12 +20,12 @@ from .zo_sgd import ZOSGD, ZOSGDConfig
 OPTIMIZERS: dict[str, type[Optimizer[Any]]] = {cls.name: cls for cls in (SharpZO, BBT, ZOSGD, SPSAGC)}
 
 
-def build_optimizer(name: str, dim: int, seed: int = 0, **options: Any) -> Optimizer[Any]:
-    """Build optimiser ``name`` for a ``dim``-dimensional w; unknown names or options raise ValueError."""
+def build_optimizer(name: str, dim: int, seed: int = 0, *, budget: int | None = None, **options: Any) -> Optimizer[Any]:
+    """Build optimiser ``name`` for a ``dim``-dimensional w and ``budget`` queries; unknown names or options raise ValueError."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimiser {name!r}; choose one of {sorted(OPTIMIZERS)}")
     cls = OPTIMIZERS[name]
-    return cls(dim, seed, cls.config_type.from_options(options, owner=name))
+    return cls.create(dim, seed, cls.config_type.from_options(options, owner=name), budget)
 
 
 __all__ = [

@@ -1,9 +1,11 @@
 """The ask/tell contract every client-side optimiser follows, and the one loop that drives it.
 
-``opt.optimize(objective, budget)`` runs ``a = opt.ask(); opt.tell(objective(a))`` until
-``opt.stop(budget)`` names a reason (pycma's ``interfaces.py`` manner). Every point in an
+``opt.optimize(objective)`` runs ``a = opt.ask(); opt.tell(objective(a))`` until
+``opt.stop()`` names a reason (pycma's ``interfaces.py`` manner). Every point in an
 ``Ask`` is one query, counted in ``spent`` when it is told: that is the client's one count
 of the method's queries, and the budget is checked against it before each batch is sent.
+The budget is given when the optimiser is made (``Optimizer.create`` or ``build_optimizer``),
+so that plain ask/tell sees the same schedule as the loop (SharpZO's switch reads it).
 ``ask()`` returns the same batch until ``tell()``, so a batch that does not fit is declined
 (``decline()`` may offer a cheaper one) without drawing anything. An optimiser is picklable
 with all of its random state, so a checkpoint resumes the same trajectory bit for bit.
@@ -12,9 +14,9 @@ with all of its random state, so a checkpoint resumes the same trajectory bit fo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -46,12 +48,29 @@ class Request:
 
 ConfigT = TypeVar("ConfigT", bound=OptimizerConfig)
 Objective = Callable[[Ask], Evaluation]
-AsyncObjective = Callable[[Ask], Awaitable[Evaluation]]
+
+
+OptimizerT = TypeVar("OptimizerT", bound="Optimizer[Any]")
 
 
 class Optimizer(ABC, Generic[ConfigT]):
     name: ClassVar[str]
     config_type: ClassVar[type[OptimizerConfig]]
+    budget: int | None = None  # the run's query cap, set by ``create``; None: no cap
+
+    @classmethod
+    def create(
+        cls: type[OptimizerT], dim: int, seed: int = 0, config: OptimizerConfig | None = None, budget: int | None = None
+    ) -> OptimizerT:
+        """An optimiser for a run of at most ``budget`` queries (None: no cap).
+
+        The budget is in place before ``__init__`` runs, so construction already sees it (SharpZO
+        checks its switch there) while every subclass keeps the ``(dim, seed, config)`` signature.
+        """
+        optimizer = cls.__new__(cls)
+        optimizer.budget = budget
+        cls.__init__(optimizer, dim, seed, config)
+        return optimizer
 
     def __init__(self, dim: int, seed: int = 0, config: ConfigT | None = None) -> None:
         if dim < 1:
@@ -64,7 +83,6 @@ class Optimizer(ABC, Generic[ConfigT]):
         self.best_loss = float("inf")  # lowest train loss of any evaluated point
         self.best_point: np.ndarray | None = None
         self._pending: Request | None = None
-        self.budget: int | None = None  # the run's query budget, once a loop has been given one
 
     def ask(self) -> Ask:
         if self._pending is None:
@@ -90,51 +108,37 @@ class Optimizer(ABC, Generic[ConfigT]):
         """The pending ask does not fit the caller's budget: True if a cheaper ask replaces it, False to stop."""
         return False
 
-    def stop(self, budget: int | None = None) -> dict[str, int]:
+    def stop(self) -> dict[str, int]:
         """The termination conditions that hold now, by name (empty: go on), as pycma's ``stop()``.
 
-        ``budget``: the pending batch must fit in ``budget - queries``; one that does not is
-        declined, and a cheaper one tried, until one fits or the optimiser has none to offer.
+        The pending batch must fit in ``budget - queries``; one that does not is declined, and a
+        cheaper one tried, until one fits or the optimiser has none to offer.
         """
-        if budget is None:
+        if self.budget is None:
             return {}
-        while self.queries + len(self.ask().points) > budget:
+        while self.queries + len(self.ask().points) > self.budget:
             if not self.decline():
-                return {"budget": budget}
+                return {"budget": self.budget}
         return {}
 
-    def rounds(self, budget: int | None = None, limit: int | None = None) -> Iterator[Ask]:
-        """The asks to evaluate, until ``stop(budget)`` or ``limit`` rounds; tell each before the next."""
-        self.budget = budget
+    def rounds(self, limit: int | None = None) -> Iterator[Ask]:
+        """The asks to evaluate, until ``stop()`` or ``limit`` rounds; tell each before the next."""
         done = 0
-        while (limit is None or done < limit) and not self.stop(budget):
+        while (limit is None or done < limit) and not self.stop():
             yield self.ask()
             if self._pending is not None:
                 raise RuntimeError(f"{self.name}: the ask was not told before the next round")
             done += 1
 
     def optimize(
-        self, objective: Objective, budget: int | None = None, rounds: int | None = None,
-        callback: Callable[[Ask, Evaluation], None] | None = None,
+        self, objective: Objective, rounds: int | None = None, callback: Callable[[Ask, Evaluation], None] | None = None,
     ) -> "Optimizer[ConfigT]":
-        """Evaluate and tell until the next batch does not fit ``budget`` queries (or ``rounds`` are done)."""
-        for ask in self.rounds(budget, rounds):
+        """Evaluate and tell until the next batch does not fit the budget (or ``rounds`` are done)."""
+        for ask in self.rounds(rounds):
             result = objective(ask)
             self.tell(result)
             if callback is not None:
                 callback(ask, result)
-        return self
-
-    async def optimize_async(
-        self, objective: AsyncObjective, budget: int | None = None, rounds: int | None = None,
-        callback: Callable[[Ask, Evaluation], Awaitable[None]] | None = None,
-    ) -> "Optimizer[ConfigT]":
-        """``optimize`` for an objective that awaits (queries over HTTP)."""
-        for ask in self.rounds(budget, rounds):
-            result = await objective(ask)
-            self.tell(result)
-            if callback is not None:
-                await callback(ask, result)
         return self
 
     @property
