@@ -34,7 +34,7 @@ import numpy as np
 from aggregate import markdown_table, plt, save_figure
 from grid import RunConfig
 
-from sharpzo.client.embedded import EmbeddedServer
+from sharpzo.client.embedded import EmbeddedServer, free_port
 from sharpzo.client.runner import tune_async
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,10 +62,15 @@ def rtt_label(rtt: float) -> str:
     return f"{rtt:g} ms"
 
 
+def link(args: argparse.Namespace, server: EmbeddedServer, rtt: float) -> WanProxy:
+    """The proxy of one run, always on the same port: the client's upload index knows the server by its URL, so
+    every run finds the image sets the warm-up uploaded (and pays only the check of each, as a returning user)."""
+    return WanProxy(int(server.url.rsplit(":", 1)[1]), rtt_ms=rtt, mbit_per_s=args.mbit, port=args.proxy_port)
+
+
 async def one_run(args: argparse.Namespace, server: EmbeddedServer, config: RunConfig, rtt: float) -> dict[str, Any]:
     run_dir = args.out / config.name / f"rtt{rtt:g}"
-    port = int(server.url.rsplit(":", 1)[1])
-    with WanProxy(port, rtt_ms=rtt, mbit_per_s=args.mbit) as proxy:
+    with link(args, server, rtt) as proxy:
         started = time.perf_counter()
         result = await tune_async(
             args.dataset, server=proxy.url, method=config.method, budget=args.budget, shots=args.shots, seed=args.seed,
@@ -140,8 +145,9 @@ def plot(args: argparse.Namespace, rows: list[dict[str, Any]], out: Path) -> Non
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     with EmbeddedServer() as server:
-        await tune_async(args.dataset, server=server.url, budget=0, shots=args.shots, seed=args.seed,
-                         out=args.out / "warm-up", progress=False)  # uploads the image sets once, outside any timing
+        with link(args, server, 0.0) as warm:  # uploads the image sets once, outside any timing
+            await tune_async(args.dataset, server=warm.url, budget=0, shots=args.shots, seed=args.seed,
+                             out=args.out / "warm-up", progress=False)
         for config in args.config:
             for rtt in args.rtt:
                 rows.append(await one_run(args, server, config, rtt))
@@ -150,6 +156,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> None:
     args = parse_args()
+    args.proxy_port = free_port()
     rows = asyncio.run(main_async(args))
     args.out.mkdir(parents=True, exist_ok=True)
     text = summarise(args, rows)

@@ -99,7 +99,7 @@ class WanProxy:
 
     def __init__(
         self, target_port: int, rtt_ms: float = 0.0, mbit_per_s: float | None = None,
-        faults: Faults | None = None, target_host: str = "127.0.0.1",
+        faults: Faults | None = None, target_host: str = "127.0.0.1", port: int = 0,
     ) -> None:
         if rtt_ms < 0 or (mbit_per_s is not None and mbit_per_s <= 0):
             raise ValueError(f"rtt_ms must be >= 0 and mbit_per_s > 0, got {rtt_ms} and {mbit_per_s}")
@@ -108,7 +108,7 @@ class WanProxy:
         self.bytes_per_s = None if mbit_per_s is None else mbit_per_s * 1e6 / 8
         self.faults = faults or Faults()
         self.traffic = Traffic()
-        self.port = 0
+        self.port = port  # 0: any free port
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="wan-proxy", daemon=True)
@@ -121,7 +121,7 @@ class WanProxy:
     def __enter__(self) -> WanProxy:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._accept, "127.0.0.1", 0), self._loop
+            asyncio.start_server(self._accept, "127.0.0.1", self.port), self._loop
         ).result(timeout=10)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self

@@ -25,7 +25,7 @@ from .tune import Tuner, TuneResult
 @asynccontextmanager
 async def connect(
     server: str | None, api_key: str | None = None, concurrency: int = 4, ca_bundle: str | None = None,
-    timeout: float = 120.0,
+    timeout: float = 120.0, compress: bool = True,
 ) -> AsyncIterator[ApiClient]:
     """An ApiClient for ``server``, or for an embedded stand-in server started (and stopped) here."""
     if server is None:
@@ -33,7 +33,8 @@ async def connect(
     embedded = None if server is not None else await asyncio.to_thread(EmbeddedServer().start)
     try:
         async with ApiClient(
-            server or embedded.url, api_key=api_key, concurrency=concurrency, ca_bundle=ca_bundle, timeout=timeout
+            server or embedded.url, api_key=api_key, concurrency=concurrency, ca_bundle=ca_bundle, timeout=timeout,
+            compress=compress,
         ) as api:
             yield api
     finally:
@@ -49,7 +50,8 @@ async def run_tune(data: Data, settings: TuneSettings) -> TuneResult:
     """One tuning run of ``data`` with ready ``settings``."""
     task = resolve_task(data, settings.shots, settings.seed, settings.test_data, settings.allow_fewer)
     run_dir = settings.out if settings.out is not None else Path("runs") / f"{task.name}-{settings.method}-s{settings.seed}"
-    async with connect(settings.server, settings.api_key, settings.concurrency, settings.ca_bundle, settings.timeout) as api:
+    async with connect(settings.server, settings.api_key, settings.concurrency, settings.ca_bundle, settings.timeout,
+                       settings.compress) as api:
         return await Tuner(api, task, settings, Path(run_dir), show_progress=settings.progress).run(resume=settings.resume)
 
 

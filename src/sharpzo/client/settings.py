@@ -77,6 +77,7 @@ class TuneSettings:
         None, "PEM file (or folder) of CA certificates to trust for an https:// server, e.g. a private CA "
         "(SSL_CERT_FILE works too)", "session", env="SHARPZO_CA_BUNDLE", metavar="PEM",
     )
+    compress: bool = setting(True, "gzip request bodies of 4 KB or more when the server offers it (/v1/model)", "session")
     timeout: float = setting(
         120.0, "seconds of silence (connecting: at most 15) before a request is given up and retried with the same "
         "Idempotency-Key", "session",
