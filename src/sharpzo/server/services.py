@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from .model import LoadedModel, load_model
 from .scorer import Scorer, ScoringLimits
 from .settings import ServerSettings
 from .text import PromptedTextEncoder
+from .vocabulary import Vocabulary
 
 T = TypeVar("T")
 
@@ -46,9 +46,7 @@ class Services:
     image_sets: ImageSets
     scorer: Scorer
     metering: Metering
-
-    async def on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    vocabulary: Vocabulary
 
 
 def _model_info(loaded: LoadedModel, settings: ServerSettings) -> ModelInfo:
@@ -107,16 +105,12 @@ def build_services(settings: ServerSettings, loaded: LoadedModel | None = None) 
         image_sets=image_sets,
         scorer=Scorer(limits, encoder, image_sets, batcher),
         metering=Metering(ledger, settings.idempotency_window_s, metrics),
+        vocabulary=Vocabulary(encoder, executor),
     )
 
 
-async def get_services(request: Request) -> Services:
-    """Dependency: the app's services (async, so that FastAPI does not hop to its thread pool for an attribute)."""
-    return request.app.state.services
-
-
 def _part(of: Callable[[Services], T]) -> Any:
-    """A dependency on one part of the app's services (async, like `get_services`)."""
+    """A dependency on one part of the app's services (async, so that FastAPI does not hop to its thread pool)."""
 
     async def part(request: Request) -> T:
         return of(request.app.state.services)
@@ -124,9 +118,10 @@ def _part(of: Callable[[Services], T]) -> Any:
     return Depends(part)
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
 AdmissionDep = Annotated[Admission, _part(lambda services: services.admission)]
 ImageSetsDep = Annotated[ImageSets, _part(lambda services: services.image_sets)]
 ScorerDep = Annotated[Scorer, _part(lambda services: services.scorer)]
 MeteringDep = Annotated[Metering, _part(lambda services: services.metering)]
 MetricsDep = Annotated[Metrics, _part(lambda services: services.metrics)]
+ModelInfoDep = Annotated[ModelInfo, _part(lambda services: services.info)]
+VocabularyDep = Annotated[Vocabulary, _part(lambda services: services.vocabulary)]
