@@ -27,7 +27,7 @@ class LabeledImages:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, index: np.ndarray | list[int]) -> "LabeledImages":
+    def subset(self, index: np.ndarray | list[int]) -> LabeledImages:
         idx = np.asarray(index, dtype=np.int64)
         return LabeledImages([self.images[i] for i in idx], self.labels[idx], self.class_names)
 
@@ -35,7 +35,7 @@ class LabeledImages:
         """sha256 of each encoded image: the identity used for audits and leak checks."""
         return [image_digest(b) for b in self.images]
 
-    def unique(self) -> "LabeledImages":
+    def unique(self) -> LabeledImages:
         """Only the first copy of each byte-identical image, order kept (some sources repeat images)."""
         first: dict[str, int] = {}
         for i, digest in enumerate(self.hashes()):
