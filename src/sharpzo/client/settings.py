@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from .latency import parse_directions
 from .optim import OPTIMIZERS
 from .prompt import DEFAULT_ALPHA, DEFAULT_INIT_TEXT
 
@@ -61,6 +62,12 @@ class TuneSettings:
     )
     augment: bool = setting(False, "encode training images with one random augmented view", "run")
     options: dict[str, Any] = setting({}, "optimiser options by name (--opt NAME=VALUE; see below)", "run")
+    directions: str | None = setting(
+        None, "q: random directions per step of zo-sgd, sharpzo's stage 2 and spsa-gc (its pairs), sent as 2q "
+        "candidates in one request, so a far server's round trip is paid once per 2q queries; auto: chosen once at "
+        "the start from the measured round trip and server time (client/latency.py; recorded in config.json); "
+        "unset: the method's own default; an explicit --opt directions=/pairs= wins", "run", metavar="auto|Q",
+    )
     shots: int = setting(16, "images per class in the training set", "data")
     test_data: Any = setting(
         None, "test images in the same forms as --data; by default a seeded part of what the k-shot draw leaves",
@@ -93,10 +100,12 @@ class TuneSettings:
         for name, least in (("budget", 0), ("eval_every", 0), ("early_stop", 0), ("dim", 1), ("shots", 1), ("concurrency", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
-        if self.early_stop and not self.eval_every:
-            raise ValueError("early_stop needs eval_every > 0: it counts the --eval-every evaluations")
+        if self.directions is not None:
+            parse_directions(self.directions)
         if not self.timeout > 0:
             raise ValueError(f"timeout must be positive, got {self.timeout}")
+        if self.early_stop and not self.eval_every:
+            raise ValueError("early_stop needs eval_every > 0: it counts the --eval-every evaluations")
 
     @classmethod
     def build(cls, preset: str | None = None, **overrides: Any) -> "TuneSettings":

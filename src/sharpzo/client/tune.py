@@ -42,6 +42,7 @@ from .checkpoint import (
     Evaluated, Kind, LoopState, Meter, MonitorPoint, RunSpend, load_checkpoint, save_checkpoint, trim_log,
 )
 from .image_sets import RemoteSplit, UploadIndex, upload_split
+from .latency import resolve_options
 from .optim import Evaluation, build_optimizer
 from .progress import TuneProgress
 from .prompt import PromptSpace
@@ -223,11 +224,17 @@ class Tuner:
         return state
 
     async def _start(self, scorer: Scorer) -> LoopState:
-        self._write_config((await self.api.model_info()).model_dump())
+        model = (await self.api.model_info()).model_dump()
+        self._write_config(model)
         (self.run_dir / "log.jsonl").write_text("")
         s = self.settings
         zero_shot = await scorer.score_point(MonitorPoint(np.zeros(s.dim), 0, 0, 0), "zero-shot")
-        optimizer = build_optimizer(s.method, s.dim, s.seed, budget=s.budget, **s.options)
+        # --directions auto: q from the zero-shot requests' round trips, once; the checkpointed optimiser keeps it
+        options, choice = resolve_options(s.method, s.directions, s.options, list(self.api.exchanges),
+                                          len(self.task.train))
+        if choice is not None:
+            self._write_config(model, choice.record())
+        optimizer = build_optimizer(s.method, s.dim, s.seed, budget=s.budget, **options)
         state = LoopState(optimizer, scorer.meter, zero_shot=zero_shot, best=zero_shot, next_eval=s.eval_every)
         self._log(state, {"stage": "zero-shot", **zero_shot.scores()}, zero_shot.point)
         self._save(state)
@@ -287,9 +294,11 @@ class Tuner:
         self._save(state)
         return evaluated
 
-    def _write_config(self, model: dict[str, Any]) -> None:
+    def _write_config(self, model: dict[str, Any], directions: dict[str, Any] | None = None) -> None:
+        """config.json; ``directions``: the automatic choice of q and what it was made from."""
         config = {
             "settings": self.settings.run_settings(),
+            **({} if directions is None else {"directions_chosen": directions}),
             "server": self.api.base_url,
             "model": model,
             "task": {
