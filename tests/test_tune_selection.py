@@ -1,4 +1,4 @@
-"""The returned prompt is the best evaluated on validation; monitor queries only when asked; monitoring overlaps training.
+"""The returned prompt is the best evaluated on validation; monitor queries when asked; monitoring overlaps training.
 
 Runs in-process against a tiny-model server. Where a test needs a given validation
 ranking it rescripts the validation accuracy of each evaluated prompt (zero-shot, monitor,

@@ -25,7 +25,8 @@ def parse(*argv: str) -> TuneSettings:
 def test_every_setting_has_a_flag_and_a_keyword() -> None:
     tune_help = build_parser()._subparsers._group_actions[0].choices["tune"].format_help()  # type: ignore[union-attr]
     for f in dataclasses.fields(TuneSettings):
-        flag = "--opt" if f.name == "options" else "--no-progress" if f.name == "progress" else "--" + f.name.replace("_", "-")
+        name = f"no_{f.name}" if f.default is True else f.name  # a flag that turns off what is on by default
+        flag = "--opt" if f.name == "options" else "--" + name.replace("_", "-")
         assert flag in tune_help, flag
     for function in (tune, tune_async):
         parameters = inspect.signature(function).parameters

@@ -24,7 +24,7 @@ from sharpzo.shared.protocol import Usage
 
 from .optim import Optimizer
 
-CHECKPOINT_FORMAT = 4  # 3: optimiser constants in spreads (client/prompt.py); 4: the best-so-far and the pending monitor
+CHECKPOINT_FORMAT = 4  # 3: optimiser constants in spreads (client/prompt.py); 4: the best so far, the pending monitor
 
 Kind = Literal["zero-shot", "monitor", "final"]
 
@@ -41,7 +41,7 @@ class RunSpend:
     total_queries: int  # queries + monitor_queries, as the server charged them
 
     @classmethod
-    def of(cls, max_queries: int, method_queries: int, charged: Usage) -> "RunSpend":
+    def of(cls, max_queries: int, method_queries: int, charged: Usage) -> RunSpend:
         return cls(
             max_queries=max_queries, queries=method_queries, monitor_queries=charged.queries - method_queries,
             image_evals=charged.image_evals, requests=charged.requests, total_queries=charged.queries,
@@ -84,7 +84,7 @@ class Evaluated:
 
 @dataclass
 class LoopState:
-    optimizer: Optimizer
+    optimizer: Optimizer[Any]
     meter: Meter  # everything the server charged for this run's scoring, method and monitor
     zero_shot: Evaluated
     best: Evaluated  # the best on validation of the prompts evaluated so far; earlier wins ties

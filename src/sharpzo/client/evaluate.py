@@ -7,15 +7,17 @@ from pathlib import Path
 import numpy as np
 
 from sharpzo.data.base import FewShotTask
+
 from .image_sets import UploadIndex, upload_split
 from .prompt import DEFAULT_INIT_TEXT
 from .runner import connect
 from .tasks import resolve_task
+from .tune import labelled
 
 
 async def evaluate_prompt(
-    data: str | FewShotTask, prompt: Path | None, server: str | None, api_key: str | None, shots: int = 16, seed: int = 0,
-    ca_bundle: str | None = None,
+    data: str | FewShotTask, prompt: Path | None, server: str | None, api_key: str | None, shots: int = 16,
+    seed: int = 0, ca_bundle: str | None = None,
 ) -> dict[str, float]:
     task = resolve_task(data, shots, seed)
     async with connect(server, api_key, ca_bundle=ca_bundle) as api:
@@ -30,7 +32,7 @@ async def evaluate_prompt(
         index = UploadIndex()
         for split in ("val", "test"):
             remote = await upload_split(api, getattr(task, split), index=index)
-            scored = await api.score(remote.set_id, task.class_names, ctx[None], labels=remote.labels)
+            scored = labelled(await api.score(remote.set_id, task.class_names, ctx[None], labels=remote.labels))
             out[f"{split}_accuracy"] = float(scored.accuracy[0])
             out[f"{split}_loss"] = float(scored.loss[0])
         return out

@@ -14,6 +14,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.typing import ColorType  # noqa: E402
 
 
 def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
@@ -43,7 +45,7 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _mark_choice(ax: Any, result: dict[str, Any], color: str) -> None:
+def _mark_choice(ax: Axes, result: dict[str, Any], color: ColorType) -> None:
     ax.plot(result["selected_queries"], 100 * result["test_accuracy"], marker="*", markersize=13, color=color,
             linestyle="none", label=f"returned ({result['selected']})")
     if result["selected"] != "final":

@@ -97,7 +97,8 @@ class TuneSettings:
         if self.method not in OPTIMIZERS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(OPTIMIZERS)}")
         OPTIMIZERS[self.method].config_type.from_options(self.options, owner=self.method)
-        for name, least in (("budget", 0), ("eval_every", 0), ("early_stop", 0), ("dim", 1), ("shots", 1), ("concurrency", 1)):
+        minimums = {"budget": 0, "eval_every": 0, "early_stop": 0, "dim": 1, "shots": 1, "concurrency": 1}
+        for name, least in minimums.items():
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
         if self.directions is not None:

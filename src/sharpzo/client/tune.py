@@ -37,9 +37,17 @@ import numpy as np
 
 from sharpzo.data.base import FewShotTask
 
-from .api import ApiClient, ApiRequestError
+from .api import ApiClient, ApiRequestError, Scored
 from .checkpoint import (
-    Evaluated, Kind, LoopState, Meter, MonitorPoint, RunSpend, load_checkpoint, save_checkpoint, trim_log,
+    Evaluated,
+    Kind,
+    LoopState,
+    Meter,
+    MonitorPoint,
+    RunSpend,
+    load_checkpoint,
+    save_checkpoint,
+    trim_log,
 )
 from .image_sets import RemoteSplit, UploadIndex, upload_split
 from .latency import resolve_options
@@ -81,6 +89,13 @@ class TuneResult:
         return out
 
 
+def labelled(scored: Scored) -> Evaluation:
+    """The losses and accuracies of a request that sent its labels."""
+    if scored.loss is None or scored.accuracy is None:
+        raise RuntimeError("the server sent no losses for a request that gave its labels")
+    return Evaluation(scored.loss, scored.accuracy)
+
+
 @dataclass(frozen=True)
 class RemoteTask:
     class_names: list[str]
@@ -113,7 +128,7 @@ class Scorer:
     @classmethod
     async def prepare(
         cls, api: ApiClient, task: FewShotTask, settings: TuneSettings, meter: Meter, progress: bool
-    ) -> "Scorer":
+    ) -> Scorer:
         p0 = await api.token_embeddings(settings.init_text)
         space = PromptSpace.create(p0, settings.dim, settings.seed, settings.alpha)
         return cls(api, task, settings, space, await upload_task(api, task, settings, progress), meter, progress)
@@ -134,7 +149,7 @@ class Scorer:
         scored = await self.api.score(
             remote.set_id, self.remote.class_names, ctx, labels=remote.labels, on_charge=self.meter.add
         )
-        return Evaluation(scored.loss, scored.accuracy)
+        return labelled(scored)
 
     async def score_point(self, point: MonitorPoint, kind: Kind) -> Evaluated:
         """Validation and test accuracy of ``point``'s prompt, both requests at once; charged as monitor queries."""
@@ -259,12 +274,13 @@ class Tuner:
                     state.tells += 1
                     go_on = await monitoring.after_tell()
                     best = int(np.argmin(result.loss))
-                    entry = {"stage": opt.stage, "split": ask.split, "n": len(ask.points), "loss": float(result.loss[best]),
-                             "accuracy": float(result.accuracy[best]), "loss_mean": float(np.mean(result.loss))}
+                    loss, accuracy = float(result.loss[best]), float(result.accuracy[best])
+                    entry = {"stage": opt.stage, "split": ask.split, "n": len(ask.points), "loss": loss,
+                             "accuracy": accuracy, "loss_mean": float(np.mean(result.loss))}
                     state.elapsed = time.perf_counter() - started
                     self._log(state, entry, state.point())  # before the checkpoint: a resume trims what it lacks
                     self._save(state)
-                    progress.update(opt.queries, opt.stage, entry["loss"], entry["accuracy"], state.best.val_accuracy)
+                    progress.update(opt.queries, opt.stage, loss, accuracy, state.best.val_accuracy)
                     if not go_on:
                         break
                 await monitoring.settle()

@@ -20,8 +20,10 @@ from .zo_sgd import ZOSGD, ZOSGDConfig
 OPTIMIZERS: dict[str, type[Optimizer[Any]]] = {cls.name: cls for cls in (SharpZO, BBT, ZOSGD, SPSAGC)}
 
 
-def build_optimizer(name: str, dim: int, seed: int = 0, *, budget: int | None = None, **options: Any) -> Optimizer[Any]:
-    """Build optimiser ``name`` for a ``dim``-dimensional w and ``budget`` queries; unknown names or options raise ValueError."""
+def build_optimizer(
+    name: str, dim: int, seed: int = 0, *, budget: int | None = None, **options: Any
+) -> Optimizer[Any]:
+    """Optimiser ``name`` for a ``dim``-dimensional w and ``budget`` queries; unknown names or options: ValueError."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimiser {name!r}; choose one of {sorted(OPTIMIZERS)}")
     cls = OPTIMIZERS[name]

@@ -131,8 +131,8 @@ class Optimizer(ABC, Generic[ConfigT]):
             done += 1
 
     def optimize(
-        self, objective: Objective, rounds: int | None = None, callback: Callable[[Ask, Evaluation], None] | None = None,
-    ) -> "Optimizer[ConfigT]":
+        self, objective: Objective, rounds: int | None = None, callback: Callable[[Ask, Evaluation], None] | None = None
+    ) -> Optimizer[ConfigT]:
         """Evaluate and tell until the next batch does not fit the budget (or ``rounds`` are done)."""
         for ask in self.rounds(rounds):
             result = objective(ask)
