@@ -337,7 +337,7 @@ class Tuner:
             "tells": at.tells,
             "iteration": at.iteration,
             "queries": at.queries,
-            "total_queries": state.meter.charged.queries,
+            "total_queries": state.spend(self.settings.budget).total_queries,
             "wall_s": round(state.elapsed, 3),
             **entry,
         }
