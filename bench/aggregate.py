@@ -96,14 +96,15 @@ def plot_sharpness(finals: dict[str, np.ndarray], accuracy: dict[str, np.ndarray
 def plot_curves(curves: dict[str, np.ndarray], grid: np.ndarray, out: Path, title: str, references: dict[str, float]) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, values in curves.items():
-        mean, std = 100 * values.mean(0), 100 * values.std(0)
+        mean = 100 * values.mean(0)
+        error = 100 * np.array([_error_bar(column) for column in values.T])
         ax.plot(grid, mean, label=f"{name} (n={len(values)})")
-        ax.fill_between(grid, mean - std, mean + std, alpha=0.15)
+        ax.fill_between(grid, mean - error, mean + error, alpha=0.15)
     for label, value in references.items():
         ax.axhline(100 * value, linestyle="--", linewidth=1, color="gray")
         ax.annotate(label, (grid[-1], 100 * value), ha="right", va="bottom", fontsize=8, color="gray")
     ax.set_xlabel("queries")
-    ax.set_ylabel("held-out test accuracy (%), mean ± std over seeds")
+    ax.set_ylabel("held-out test accuracy (%), mean ± SE over seeds")
     _save(fig, ax, title, out)
 
 
@@ -114,4 +115,5 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def pct(values: np.ndarray) -> str:
-    return f"{100 * values.mean():.1f} ± {100 * values.std():.1f}"
+    """Mean ± SE over seeds (± is always SE in BENCHMARKS.md)."""
+    return f"{100 * values.mean():.1f} ± {100 * np.nan_to_num(se(values)):.1f}"
