@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,12 @@ async def evaluate_prompt(
             ctx = saved["ctx"]
             if list(saved["class_names"]) != task.class_names:
                 raise ValueError(f"{prompt} was tuned for other classes: {list(saved['class_names'])}")
-        out = {}
         index = UploadIndex()
-        for split in ("val", "test"):
+
+        async def scores(split: str) -> dict[str, float]:
             remote = await upload_split(api, getattr(task, split), index=index)
             scored = labelled(await api.score(remote.set_id, task.class_names, ctx[None], labels=remote.labels))
-            out[f"{split}_accuracy"] = float(scored.accuracy[0])
-            out[f"{split}_loss"] = float(scored.loss[0])
-        return out
+            return {f"{split}_accuracy": float(scored.accuracy[0]), f"{split}_loss": float(scored.loss[0])}
+
+        val, test = await asyncio.gather(scores("val"), scores("test"))  # independent: sent together
+        return {**val, **test}
