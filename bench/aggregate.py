@@ -93,7 +93,9 @@ def plot_sharpness(finals: dict[str, np.ndarray], accuracy: dict[str, np.ndarray
     _save(fig, ax, title, out)
 
 
-def plot_curves(curves: dict[str, np.ndarray], grid: np.ndarray, out: Path, title: str, references: dict[str, float]) -> None:
+def plot_curves(
+    curves: dict[str, np.ndarray], grid: np.ndarray, out: Path, title: str, references: dict[str, float]
+) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, values in curves.items():
         mean = 100 * values.mean(0)

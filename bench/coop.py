@@ -36,7 +36,9 @@ def features_of(loaded, images: LabeledImages) -> torch.Tensor:
     return encode_images(loaded, [Image.open(io.BytesIO(b)).convert("RGB") for b in images.images])
 
 
-def run_setting(p0: torch.Tensor, split_loss: dict[int, dict[str, PromptLoss]], lr: float, steps: int) -> dict[str, object]:
+def run_setting(
+    p0: torch.Tensor, split_loss: dict[int, dict[str, PromptLoss]], lr: float, steps: int
+) -> dict[str, object]:
     rows = []
     for seed, losses in split_loss.items():
         torch.manual_seed(seed)
@@ -52,7 +54,8 @@ def run_setting(p0: torch.Tensor, split_loss: dict[int, dict[str, PromptLoss]], 
             "train_loss_end": history[-1],
             "seconds": time.perf_counter() - started,
         })
-    mean = {key: float(np.mean([r[key] for r in rows])) for key in ("zero_shot_test", "zero_shot_val", "coop_test", "coop_val")}
+    keys = ("zero_shot_test", "zero_shot_val", "coop_test", "coop_val")
+    mean = {key: float(np.mean([r[key] for r in rows])) for key in keys}
     print(f"lr {lr:g}, {steps} steps: val {mean['coop_val']:.1%} (zero-shot {mean['zero_shot_val']:.1%}), "
           f"test {mean['coop_test']:.1%}")
     return {

@@ -21,7 +21,7 @@ class RunConfig:
     alpha: float | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "RunConfig":
+    def parse(cls, text: str) -> RunConfig:
         name, _, spec = text.partition("=")
         method, _, rest = (spec or name).partition(":")
         options: dict[str, Any] = {}

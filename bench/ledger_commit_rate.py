@@ -44,7 +44,9 @@ def commit_rate(setting: str, processes: int, seconds: float) -> float:
     open_ledger(setting).close()  # the schema, before the clock starts
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(processes), context.Queue()
-    workers = [context.Process(target=commit_loop, args=(setting, w, seconds, start, results)) for w in range(processes)]
+    workers = [
+        context.Process(target=commit_loop, args=(setting, w, seconds, start, results)) for w in range(processes)
+    ]
     for process in workers:
         process.start()
     total = sum(results.get(timeout=seconds + 300) for _ in workers)

@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from aggregate import markdown_table, queries_to_reach, se
 
 
@@ -60,7 +59,8 @@ def main() -> None:
         hits = [queries_to_reach(values.mean(0), grid, target - 1e-9) for target in finals.values()]
         reach.append([name, *("not reached" if hit is None else str(hit) for hit in hits)])
     print()
-    print(markdown_table(["mean curve over seeds", *(f"to {n}'s final {100 * f:.1f}%" for n, f in finals.items())], reach))
+    header = ["mean curve over seeds", *(f"to {n}'s final {100 * f:.1f}%" for n, f in finals.items())]
+    print(markdown_table(header, reach))
 
 
 if __name__ == "__main__":

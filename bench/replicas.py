@@ -24,16 +24,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from load_test import load  # noqa: E402  (bench/: the same load of concurrent tuning clients)
+
 from sharpzo.client.embedded import free_port  # noqa: E402
 from tests.postgres_server import running_postgres  # noqa: E402
-
-from load_test import load  # noqa: E402  (bench/: the same load of concurrent tuning clients)
 
 _LOGITS = re.compile(r"POST /v1/logits (\d{3}) ([0-9.]+)ms")
 
 
 def replica_log_lines(ray_dir: Path) -> dict[Path, int]:
-    return {path: len(path.read_text().splitlines()) for path in ray_dir.glob("ray/session_latest/logs/serve/replica_*.log")}
+    logs = ray_dir.glob("ray/session_latest/logs/serve/replica_*.log")
+    return {path: len(path.read_text().splitlines()) for path in logs}
 
 
 def latencies_since(ray_dir: Path, seen: dict[Path, int]) -> list[float]:
@@ -60,11 +61,11 @@ def main() -> None:
     args = parser.parse_args()
     ray_dir = Path(tempfile.mkdtemp(prefix="sharpzo-bench-ray-"))
     os.environ["RAY_TMPDIR"] = str(ray_dir)
-    from sharpzo.server.ray_serve import ReplicaOptions, sharpzo_app  # first: it keeps Ray on loopback
-    from sharpzo.server.settings import ServerSettings
-
     import ray
     from ray import serve
+
+    from sharpzo.server.ray_serve import ReplicaOptions, sharpzo_app  # first: it keeps Ray on loopback
+    from sharpzo.server.settings import ServerSettings
 
     port = free_port()
     rounds: list[dict[str, dict]] = []
@@ -101,7 +102,9 @@ def main() -> None:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print("| replicas (median of rounds) | queries/s | p50 ms | p99 ms | requests |\n|---|---|---|---|---|")
     for n, row in median.items():
-        print(f"| {n} | {row['queries_per_s']:.0f} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['requests']:.0f} |")
+        print(
+            f"| {n} | {row['queries_per_s']:.0f} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['requests']:.0f} |"
+        )
     print(f"2 replicas serve {ratio:.2f}x the queries/s of 1, {args.clients} clients, zero errors")
 
 

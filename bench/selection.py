@@ -19,7 +19,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-
 from aggregate import final_budget, markdown_table
 from grid import RunConfig, run_grid
 

@@ -73,6 +73,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 GROCERIES = [
@@ -91,7 +92,8 @@ COMMON_OBJECTS = [
     "mouse", "mushroom", "oak tree", "orange", "orchid", "otter", "palm tree", "pear", "pickup truck", "pine tree",
     "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
     "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor",
     "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow tree", "wolf", "woman", "worm",
 ]
 assert len(GROCERIES) == 14 and len(COMMON_OBJECTS) == 100 == len(set(COMMON_OBJECTS))
@@ -267,11 +269,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 # warm-up + correctness sanity on 1 candidate x 2 classes (cheap for both paths)
                 small = enc.suffixes(names[:2], args.m)
-                diff = float((enc.encode(prompts_all[:1], small) - enc.encode_reference(prompts_all[:1], names[:2])).abs().max())
+                reference = enc.encode_reference(prompts_all[:1], names[:2])
+                diff = float((enc.encode(prompts_all[:1], small) - reference).abs().max())
                 # calibration: fast path on 2 candidates (after an untimed call at that shape); the naive
                 # cost is estimated from the FLOP ratio (one naive candidate at C=100 is already slow)
                 enc.encode(prompts_all[:2], suffixes)
-                t_cal = timed(lambda: enc.encode(prompts_all[:2], suffixes))[clock] / 2
+                t_cal = timed(partial(enc.encode, prompts_all[:2], suffixes))[clock] / 2
                 t_naive_est = t_cal * f_naive / f_fast
                 fast_n = {p: min(p, max(args.fast_min, min(args.fast_max, int(args.budget_s / t_cal))))
                           for p in args.candidates}
@@ -292,30 +295,29 @@ def main(argv: list[str] | None = None) -> int:
                         mm = matmul_gflops()  # the FLOP-rate baseline, taken right before each timed call
                         if kind == "fast":
                             n = fast_n[p]
-                            t = timed(lambda: enc.encode(prompts_all[:n], suffixes))
+                            t = timed(partial(enc.encode, prompts_all[:n], suffixes))
                             rec[f"fast{p}"].append({key: n / t[key] for key in t})
                             rec[f"mm{p}"].append(mm)
                         else:
-                            t = timed(lambda: enc.encode_reference(prompts_all[:naive_n], names))
+                            t = timed(partial(enc.encode_reference, prompts_all[:naive_n], names))
                             rec["naive"].append({key: naive_n / t[key] for key in t})
                             rec["naive_mm"].append(mm)
                     log(f"  repeat {r + 1}/{args.repeats}: "
                         + ", ".join(f"fast P={p} {rec[f'fast{p}'][-1][clock]:.3f}" for p in args.candidates)
                         + f", naive {rec['naive'][-1][clock]:.4f} cand/{clock}-s; matmul "
-                        + f"{rec['naive_mm'][-1][clock]:.1f} GFLOP/{clock}-s  [{time.perf_counter() - t_start:.0f}s wall]")
+                        + f"{rec['naive_mm'][-1][clock]:.1f} GFLOP/{clock}-s  "
+                        + f"[{time.perf_counter() - t_start:.0f}s wall]")
 
                 naive = rec["naive"]
                 for p in args.candidates:
                     fast, mms = rec[f"fast{p}"], rec[f"mm{p}"]
-
-                    def ratio(key: str) -> float:
-                        return med([f[key] / n[key] for f, n in zip(fast, naive)])
+                    ratio = {key: med([f[key] / n[key] for f, n in zip(fast, naive)]) for key in ("wall", "cpu")}
 
                     rows.append(Row(
                         model=name, classes=c, candidates=p, m=args.m, context_length=dims["context_length"],
                         suffix_length=ls, fast_n=fast_n[p], naive_n=naive_n, clock=clock,
                         fast_cand_per_s=med([f[clock] for f in fast]), naive_cand_per_s=med([n[clock] for n in naive]),
-                        speedup=ratio(clock), speedup_wall=ratio("wall"), speedup_cpu=ratio("cpu"),
+                        speedup=ratio[clock], speedup_wall=ratio["wall"], speedup_cpu=ratio["cpu"],
                         flop_ratio=f_naive / f_fast,
                         fast_gflop_per_cand=f_fast / 1e9, naive_gflop_per_cand=f_naive / 1e9,
                         fast_gflops=med([f[clock] for f in fast]) * f_fast / 1e9,
@@ -350,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "server_throughput",
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]) if argv is None else " ".join(["python", "bench/server_throughput.py", *argv]),
+        "command": " ".join(["python", *sys.argv] if argv is None else ["python", "bench/server_throughput.py", *argv]),
         "machine": {
             "cpu_model": _cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "device": str(device),

@@ -85,13 +85,17 @@ class Side:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sharpzo-standin-v1", help="served model (default: the shipped stand-in v1)")
-    parser.add_argument("--pretrained", default=None, help="pretrained tag or file (default: the model's shipped weights)")
+    parser.add_argument(
+        "--pretrained", default=None, help="pretrained tag or file (default: the model's shipped weights)"
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--images", type=int, default=224, help="images per request (groceries 16-shot: 224)")
     parser.add_argument("--candidates", type=int, default=2)
     parser.add_argument("--m", type=int, default=4, help="context vectors per prompt")
     parser.add_argument("--requests", type=int, default=100, help="requests per round and server")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per server (alternating when there is a baseline)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="rounds per server (alternating when there is a baseline)"
+    )
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--baseline-ref", default=None, help="git commit whose server to compare against")
     parser.add_argument("--auth", action="store_true",
@@ -102,8 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _worktree(stack: ExitStack, ref: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix="sharpzo-baseline-"))
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), ref], check=True, capture_output=True)
-    stack.callback(subprocess.run, ["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], capture_output=True)
+    git = ["git", "-C", str(REPO), "worktree"]
+    subprocess.run([*git, "add", "--detach", str(path), ref], check=True, capture_output=True)
+    stack.callback(subprocess.run, [*git, "remove", "--force", str(path)], capture_output=True)
     return path
 
 
@@ -185,7 +190,7 @@ def _one_request(http: httpx.Client, side: Side, prompts: np.ndarray, labels: li
 def _round(side: Side, args: argparse.Namespace, rng: np.random.Generator, labels: list[int], width: int) -> None:
     with _client(side.server.url, args, 120) as http:
         before = _metric_sums(http)
-        for i in range(args.requests):
+        for _ in range(args.requests):
             prompts = rng.normal(0, 0.02, (args.candidates, args.m, width)).astype(np.float32)
             _one_request(http, side, prompts, labels, record=True)
         after = _metric_sums(http)
@@ -326,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         floors: dict[str, list[float]] = {FLOOR_IDLE: [], FLOOR_WAITING: []}
         sides = [Side("current", _server(stack, args, None))]
         if args.baseline_ref:
-            sides.append(Side(f"baseline {args.baseline_ref}", _server(stack, args, _worktree(stack, args.baseline_ref))))
+            baseline = _server(stack, args, _worktree(stack, args.baseline_ref))
+            sides.append(Side(f"baseline {args.baseline_ref}", baseline))
         rng = np.random.default_rng(0)
         width = 0
         for side in sides:

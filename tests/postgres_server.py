@@ -32,9 +32,9 @@ class PostgresMissing(RuntimeError):
 def _binary(name: str) -> str:
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     if found is None:
-        raise PostgresMissing(f"PostgreSQL's {name} is neither on PATH nor in /usr/lib/postgresql/*/bin: the PostgreSQL "
-                              "ledger tests need a PostgreSQL server (Debian: apt-get install postgresql; `make test` "
-                              "installs it when run as root)")
+        raise PostgresMissing(f"PostgreSQL's {name} is neither on PATH nor in /usr/lib/postgresql/*/bin: the "
+                              "PostgreSQL ledger tests need a PostgreSQL server (Debian: apt-get install postgresql; "
+                              "`make test` installs it when run as root)")
     return found
 
 

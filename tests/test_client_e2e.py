@@ -30,8 +30,8 @@ UNBATCHED = {"SHARPZO_BATCH_MAX_CANDIDATES": "1"}
 BUDGET = 160
 # The paper's version, d = 8, S = 6: stage-1 iterations cost 2d + S = 22 queries, the mask refresh 2d = 16, steps 2
 TUNE = ["--dataset", "animals", "--shots", "2", "--method", "sharpzo", "--budget", str(BUDGET), "--dim", "8",
-        "--opt", "sharpness=cge", "--opt", "popsize=6", "--opt", "switch_iterations=2", "--opt", "mask_interval=20", "--eval-every", "60",
-        "--seed", "3", "--no-progress"]
+        "--opt", "sharpness=cge", "--opt", "popsize=6", "--opt", "switch_iterations=2", "--opt", "mask_interval=20",
+        "--eval-every", "60", "--seed", "3", "--no-progress"]
 
 
 def tune_command(server: str, out: Path, *extra: str) -> list[str]:
@@ -182,7 +182,9 @@ def test_server_killed_mid_run_retries_finish_it(reference, tmp_path) -> None:
     server = EmbeddedServer(**TINY, env=env).start()
     try:
         run = tmp_path / "run"
-        process = subprocess.Popen(tune_command(server.url, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            tune_command(server.url, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         wait_for_tells(run, 6, process)
         server.kill()  # SIGKILL: image sets and all in-memory state are gone; the ledger stays
         wait_until(lambda: port_free(server.port), f"port {server.port} free")

@@ -11,15 +11,20 @@ from PIL import Image
 
 from sharpzo.data import fashion_mnist
 from sharpzo.data.base import LabeledImages
-from sharpzo.data.encoding import gray_png
-from sharpzo.data.locate import DatasetNotInstalledError, package_file
-from sharpzo.data.fewshot import SPECS, downstream_split, few_shot_task
 from sharpzo.data.catalog import DATASETS, load_split
+from sharpzo.data.encoding import gray_png
+from sharpzo.data.fewshot import SPECS, downstream_split, few_shot_task
+from sharpzo.data.locate import DatasetNotInstalledError, package_file
 
 # (train, test) sizes after removing byte-identical repeats
-SIZES = {"groceries": (675, 661), "mnist": (50_000, 10_000), "fashion-mnist": (60_000, 10_000), "animals": (7_288, 2_428)}
+SIZES = {
+    "groceries": (675, 661), "mnist": (50_000, 10_000), "fashion-mnist": (60_000, 10_000), "animals": (7_288, 2_428)
+}
 # (pool, val, eval) sizes of the protocol
-PROTOCOL_SIZES = {"groceries": (224, 100, 337), "mnist": (640, 300, 1000), "fashion-mnist": (640, 300, 1000), "animals": (640, 300, 1000)}
+PROTOCOL_SIZES = {
+    "groceries": (224, 100, 337), "mnist": (640, 300, 1000), "fashion-mnist": (640, 300, 1000),
+    "animals": (640, 300, 1000),
+}
 
 
 def require_split(name: str, split: str) -> LabeledImages:

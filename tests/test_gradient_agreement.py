@@ -18,7 +18,14 @@ import torch
 
 from sharpzo.client.embedded import EmbeddedServer
 from sharpzo.client.optim import SharpZOConfig
-from sharpzo.client.optim.estimators import FORWARD_NOISE_ULPS, cge_gradient, cge_probes, directional_derivatives, resolution, rge_probes
+from sharpzo.client.optim.estimators import (
+    FORWARD_NOISE_ULPS,
+    cge_gradient,
+    cge_probes,
+    directional_derivatives,
+    resolution,
+    rge_probes,
+)
 from sharpzo.client.prompt import PromptSpace, w_norm
 from sharpzo.server.project_models import DEFAULT_MODEL, STANDIN_V1, shipped_weights
 from sharpzo.tools.agreement import InProcessScorer, forward_noise
@@ -46,7 +53,8 @@ def test_estimators_agree_with_autograd_at_the_production_setting(model: str, sc
 
     candidates = w + rng.normal(0.0, 0.01, (4, DIM))
     with EmbeddedServer(model=model, env={"SHARPZO_THREADS": "2"}) as server:
-        noise = forward_noise(server.url, scorer.images, space.ctx(candidates), space.ctx(rng.normal(0.0, 1.5, (16, DIM))))
+        filler = space.ctx(rng.normal(0.0, 1.5, (16, DIM)))
+        noise = forward_noise(server.url, scorer.images, space.ctx(candidates), filler)
         alone = forward_noise(server.url, scorer.images, space.ctx(candidates), space.ctx(candidates[:0]))
     served_in_process = scorer.losses(space.ctx(candidates))
     assert np.all(noise <= FORWARD_NOISE_ULPS * ulp(served_in_process))  # batch composition: within the noise

@@ -75,7 +75,8 @@ def test_lowers_rosenbrock(setup: str) -> None:
 RESUME_SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "sharpzo-cge-auto": (
         "sharpzo",
-        {"popsize": 6, "switch_iterations": None, "auto_switch": True, "patience": 2, "mask_interval": 3, "sharpness": "cge"},
+        {"popsize": 6, "switch_iterations": None, "auto_switch": True, "patience": 2, "mask_interval": 3,
+         "sharpness": "cge"},
     ),
     "sharpzo-es": ("sharpzo", {"popsize": 6, "switch_iterations": 4, "sharpness": "es", "mask_interval": 3}),
     "sharpzo-rge-bounded": ("sharpzo", {"popsize": 6, "switch_iterations": 4, "sharpness": "rge", "bound": 0.3}),

@@ -203,8 +203,9 @@ def test_es_mask_at_the_switch_carries_the_gradient() -> None:
 
 
 def test_es_shift_averages_the_last_generations() -> None:
-    one = run_rounds(sharpzo(sharpness="es", rho=0.1, rho_scale="absolute", shift_generations=1), Quadratic(D, seed=1), 4)
-    three = run_rounds(sharpzo(sharpness="es", rho=0.1, rho_scale="absolute", shift_generations=3), Quadratic(D, seed=1), 4)
+    es = {"sharpness": "es", "rho": 0.1, "rho_scale": "absolute"}
+    one = run_rounds(sharpzo(**es, shift_generations=1), Quadratic(D, seed=1), 4)
+    three = run_rounds(sharpzo(**es, shift_generations=3), Quadratic(D, seed=1), 4)
     plain = run_rounds(sharpzo(rho=0.0), Quadratic(D, seed=1), 2)
     np.testing.assert_array_equal(one[1].points, three[1].points)  # one generation so far: the same shift
     assert np.allclose(three[1].points - plain[1].points, (three[1].points - plain[1].points)[0])
@@ -236,6 +237,7 @@ def test_zo_sam_evaluates_each_pair_at_an_ascent_along_the_running_average() -> 
 
 def test_zo_sam_off_is_plain_stage_2() -> None:
     plain = run_rounds(sharpzo(switch_iterations=1, mask_fraction=1.0), Quadratic(D, seed=1), 8)
-    off = run_rounds(sharpzo(switch_iterations=1, mask_fraction=1.0, sam_rho=0.0, sam_beta=0.5), Quadratic(D, seed=1), 8)
+    no_sam = sharpzo(switch_iterations=1, mask_fraction=1.0, sam_rho=0.0, sam_beta=0.5)
+    off = run_rounds(no_sam, Quadratic(D, seed=1), 8)
     for a, b in zip(plain, off):
         np.testing.assert_array_equal(a.points, b.points)

@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 from sharpzo.client.cli import build_parser
-from sharpzo.data.base import FewShotTask
-from sharpzo.data.user_data import InMemoryData
 from sharpzo.client.embedded import EmbeddedServer
 from sharpzo.client.image_sets import shrink
 from sharpzo.client.tasks import resolve_task
+from sharpzo.data.base import FewShotTask
 from sharpzo.data.image_io import decode_rgb
+from sharpzo.data.user_data import InMemoryData
 
 from .conftest import encoded_image
 

@@ -19,7 +19,9 @@ SCHEDULE = pretrain.Schedule(model="sharpzo-tiny", steps=6, seed=3, group_size=4
                              max_per_dataset=12, threads=1)
 
 
-def synthetic_corpus(preprocess: Callable[[Image.Image], torch.Tensor], max_per_dataset: int, seed: int) -> list[CorpusPart]:
+def synthetic_corpus(
+    preprocess: Callable[[Image.Image], torch.Tensor], max_per_dataset: int, seed: int
+) -> list[CorpusPart]:
     rng = np.random.default_rng(seed)
     parts = []
     for name, classes in ((PRIMARY, ["pear", "plum", "fig"]), ("shapes", ["disc", "ring", "bar"])):

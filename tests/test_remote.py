@@ -192,7 +192,7 @@ def test_bad_encodings_get_a_clear_4xx(server: EmbeddedServer, encoding: str, co
 def test_the_client_compresses_when_offered_and_the_charge_is_unchanged(server: EmbeddedServer, tmp_path: Path) -> None:
     sent = {}
     for compress in (False, True):
-        async def run() -> tuple[np.ndarray, int]:
+        async def run(compress: bool) -> tuple[np.ndarray, int]:
             with WanProxy(port_of(server.url)) as proxy:
                 async with ApiClient(proxy.url, compress=compress) as api:
                     ctx = np.random.default_rng(1).standard_normal((40, 2, (await api.model_info()).width)) * 0.02
@@ -201,7 +201,7 @@ def test_the_client_compresses_when_offered_and_the_charge_is_unchanged(server: 
                     scored = await api.score(set_id, ["cat", "dog"], ctx, labels=np.array([0, 1, 1, 0]))
                     return scored.loss, proxy.traffic.up - before
 
-        loss, sent[compress] = asyncio.run(run())
+        loss, sent[compress] = asyncio.run(run(compress))
         sent[f"loss {compress}"] = loss
     np.testing.assert_array_equal(sent["loss True"], sent["loss False"])
     assert sent[True] < 0.85 * sent[False]

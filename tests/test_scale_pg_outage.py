@@ -63,7 +63,8 @@ def outage_with_requests_in_flight(postgres_server: PostgresServer, postgres_url
     that gets ahead (one that slept out a 503's Retry-After less than the other) is held there while the other
     catches up, so neither can finish before the outage. Returns the answer to the request made while the database
     was down."""
-    locker = psycopg.connect(postgres_url, autocommit=True)  # not a context manager: its exit would talk to a dead server
+    # not a context manager: its exit would talk to a dead server
+    locker = psycopg.connect(postgres_url, autocommit=True)
     try:
         locker.execute("BEGIN")
         held: set[int] = set()

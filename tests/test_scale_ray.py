@@ -19,7 +19,7 @@ import pytest
 from sharpzo.client.embedded import free_port
 
 from .conftest import TINY
-from .test_scale_replicas import KEYS, auth, upload_body, score_body
+from .test_scale_replicas import KEYS, auth, score_body, upload_body
 
 pytest.importorskip("ray.serve", reason="the scale extra: pip install '.[scale]'")
 from sharpzo.server.ray_serve import REPLICA_HEADER  # noqa: E402  (imports Ray)
@@ -53,7 +53,8 @@ def _healthy_replicas(url: str, probes: int = 8) -> set[str]:
 def ray_server(postgres_url: str) -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="sharpzo-ray-"))
     port = free_port()
-    env = {**os.environ, "RAY_TMPDIR": str(folder), "SHARPZO_MODEL": TINY["model"], "SHARPZO_PRETRAINED": TINY["pretrained"],
+    env = {**os.environ, "RAY_TMPDIR": str(folder), "SHARPZO_MODEL": TINY["model"],
+           "SHARPZO_PRETRAINED": TINY["pretrained"],
            "SHARPZO_API_KEYS": ",".join(f"{name}:{key}:1000" for name, key in KEYS.items())}
     log = open(folder / "serve.log", "wb")
     driver = subprocess.Popen(

@@ -54,7 +54,9 @@ def upload(http: TestClient, name: str, seed: int = 0, n: int = 3) -> str:
     return str(response.json()["id"])
 
 
-def score(http: TestClient, name: str, set_id: str, n_cand: int = 2, labels: tuple[int, ...] = (0, 1, 0)) -> httpx.Response:
+def score(
+    http: TestClient, name: str, set_id: str, n_cand: int = 2, labels: tuple[int, ...] = (0, 1, 0)
+) -> httpx.Response:
     return http.post("/v1/logits", headers=auth(name), json=score_body(set_id, n_cand, labels))
 
 

@@ -56,7 +56,8 @@ def test_token_embeddings(http, info) -> None:
 
 def test_image_set_is_content_addressed(http, image_set) -> None:
     assert image_set["count"] == 6
-    again = http.post("/v1/image-sets", json={"images": [b64(encoded_image(i, fmt=("PNG", "JPEG")[i % 2])) for i in range(6)]})
+    images = [b64(encoded_image(i, fmt=("PNG", "JPEG")[i % 2])) for i in range(6)]
+    again = http.post("/v1/image-sets", json={"images": images})
     assert again.json()["id"] == image_set["id"]
     assert http.get(f"/v1/image-sets/{image_set['id']}").json() == image_set
     augmented = http.post("/v1/image-sets", json={"images": [b64(encoded_image(0))], "augment": True}).json()
@@ -95,7 +96,8 @@ def test_logits_indices_dtype_and_scores_only(http, info, image_set) -> None:
     half = Tensor(**sub["logits"])
     assert half.dtype == "float16" and sub["usage"]["image_evals"] == 4
     np.testing.assert_allclose(half.to_numpy(), full[:, [4, 1]], atol=2e-2)
-    lean = http.post("/v1/logits", json=logits_body(image_set, p, indices=[0, 1], labels=[0, 1], return_logits=False)).json()
+    lean_body = logits_body(image_set, p, indices=[0, 1], labels=[0, 1], return_logits=False)
+    lean = http.post("/v1/logits", json=lean_body).json()
     assert lean["logits"] is None and len(lean["loss"]) == 2
 
 
@@ -109,15 +111,19 @@ def _error(response: httpx.Response, status: int, field: str) -> None:
     assert response.json()["code"] == _CODES[status], response.text
 
 
+def wire(prompts: np.ndarray) -> dict:
+    return Tensor.from_numpy(prompts.astype(np.float32)).model_dump()
+
+
 @pytest.mark.parametrize(
     ("change", "status", "field"),
     [
-        (lambda b, i: b.update(prompts=Tensor.from_numpy(np.zeros((2, 4, i["width"] + 1), np.float32)).model_dump()), 422, "width"),
-        (lambda b, i: b.update(prompts=Tensor.from_numpy(np.zeros((2, 0, i["width"]), np.float32)).model_dump()), 422, "prompts"),
-        (lambda b, i: b.update(prompts=Tensor.from_numpy(np.zeros((2, 30, i["width"]), np.float32)).model_dump()), 422, "prompts"),
-        (lambda b, i: b.update(prompts=Tensor.from_numpy(np.full((1, 4, i["width"]), np.nan, np.float32)).model_dump()), 422, "NaN"),
-        (lambda b, i: b.update(prompts=Tensor.from_numpy(np.full((1, 4, i["width"]), np.inf, np.float32)).model_dump()), 422, "Inf"),
-        (lambda b, i: b.update(prompts=Tensor.from_numpy(np.zeros((300, 4, i["width"]), np.float32)).model_dump()), 422, "candidates"),
+        (lambda b, i: b.update(prompts=wire(np.zeros((2, 4, i["width"] + 1)))), 422, "width"),
+        (lambda b, i: b.update(prompts=wire(np.zeros((2, 0, i["width"])))), 422, "prompts"),
+        (lambda b, i: b.update(prompts=wire(np.zeros((2, 30, i["width"])))), 422, "prompts"),
+        (lambda b, i: b.update(prompts=wire(np.full((1, 4, i["width"]), np.nan))), 422, "NaN"),
+        (lambda b, i: b.update(prompts=wire(np.full((1, 4, i["width"]), np.inf))), 422, "Inf"),
+        (lambda b, i: b.update(prompts=wire(np.zeros((300, 4, i["width"])))), 422, "candidates"),
         (lambda b, i: b["prompts"].update(data="!!!!" + b["prompts"]["data"][4:]), 422, "base64"),
         (lambda b, i: b["prompts"].update(shape=[1, 2]), 422, "prompts"),
         (lambda b, i: b["prompts"].update(dtype="int64"), 422, "prompts.dtype"),
@@ -145,7 +151,8 @@ def test_logits_bad_input(http, info, image_set, change, status, field) -> None:
 
 def test_body_not_json_and_too_large(http) -> None:
     _error(http.post("/v1/logits", content=b"{not json", headers={"content-type": "application/json"}), 422, "body")
-    _error(http.post("/v1/image-sets", content=b"x" * 2_000_001, headers={"content-type": "application/json"}), 413, "body")
+    too_large = http.post("/v1/image-sets", content=b"x" * 2_000_001, headers={"content-type": "application/json"})
+    _error(too_large, 413, "body")
 
 
 def test_unknown_route_is_not_found(http) -> None:

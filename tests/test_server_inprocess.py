@@ -73,7 +73,9 @@ def test_the_scoring_path_resolves_its_dependencies_without_thread_hops(
     assert hops == []
 
 
-def test_a_scoring_request_reads_the_ledger_in_one_thread_hop(http: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_scoring_request_reads_the_ledger_in_one_thread_hop(
+    http: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Before its work a scoring request reads its usage and looks up its idempotency key's response; in one hop, not
     two (a thread hop is about 0.15 ms here). The commit is the other hop; the model runs on its own thread."""
     set_id = http.post("/v1/image-sets", json={"images": [b64(encoded_image(3))]}).json()["id"]

@@ -102,7 +102,8 @@ def test_image_set_belongs_to_its_uploader(server) -> None:
         assert alice.get(f"/v1/image-sets/{set_id}").json() == {"id": set_id, "count": 3}
         assert alice.post("/v1/logits", json=logits_body(set_id, 1)).status_code == 200
         missing = bob.get(f"/v1/image-sets/{set_id}")
-        assert missing.status_code == 404 and missing.json()["detail"] == f"image_set: no image set {set_id!r} on this server"
+        assert missing.status_code == 404
+        assert missing.json()["detail"] == f"image_set: no image set {set_id!r} on this server"
         stolen = bob.post("/v1/logits", json=logits_body(set_id, 1))
         assert stolen.status_code == 404 and stolen.json()["detail"].startswith("image_set:")
         assert stolen.json()["code"] == missing.json()["code"] == "unknown_image_set"
@@ -116,7 +117,8 @@ def test_quota_refuses_a_request_that_does_not_fit_before_any_work(server) -> No
         set_id = upload(http, seed=20)
         first = http.post("/v1/logits", json=logits_body(set_id, 3))
         assert first.status_code == 200
-        assert (first.headers["X-Queries-Used"], first.headers["X-Queries-Remaining"], first.headers["X-Quota"]) == ("3", "2", "5")
+        quota = (first.headers["X-Queries-Used"], first.headers["X-Queries-Remaining"], first.headers["X-Quota"])
+        assert quota == ("3", "2", "5")
         refused = http.post("/v1/logits", json=logits_body(set_id, 3))
         assert refused.status_code == 429 and refused.json()["detail"].startswith("quota:")
         assert refused.json()["code"] == "quota_exhausted"
@@ -163,7 +165,10 @@ def test_token_bucket_refills_at_its_rate() -> None:
 
 def keys_cli(ledger: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sharpzo.server.keys", *args, "--ledger", str(ledger)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "sharpzo.server.keys", *args, "--ledger", str(ledger)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -178,7 +183,8 @@ def test_keys_cli_add_list_usage_revoke(server, ledger) -> None:
         set_id = upload(dave, seed=40)
         assert dave.post("/v1/logits", json=logits_body(set_id, 2)).status_code == 200
         listing = keys_cli(ledger, "list")
-        assert listing.returncode == 0 and any(line.split()[:3] == ["dave", "7", "2"] for line in listing.stdout.splitlines())
+        assert listing.returncode == 0
+        assert any(line.split()[:3] == ["dave", "7", "2"] for line in listing.stdout.splitlines())
         assert json.loads(keys_cli(ledger, "usage", "dave").stdout) == {
             "name": "dave", "queries": 2, "image_evals": 6, "requests": 1, "quota": 7
         }
@@ -193,7 +199,8 @@ def test_keys_cli_add_list_usage_revoke(server, ledger) -> None:
 
 
 def test_key_configuration_is_checked() -> None:
-    assert [spec.name for spec in configured_keys("a:0123456789abcdef:1, b:0123456789abcdeg:2", None).values()] == ["a", "b"]
+    specs = configured_keys("a:0123456789abcdef:1, b:0123456789abcdeg:2", None).values()
+    assert [spec.name for spec in specs] == ["a", "b"]
     for bad in ("a:short:1", "a:0123456789abcdef", "a:0123456789abcdef:x", "anonymous:0123456789abcdef:1",
                 "a:0123456789abcdef:1,a:0123456789abcdeg:1", "bad name:0123456789abcdef:1"):
         with pytest.raises(KeyConfigError):
@@ -205,7 +212,8 @@ def test_metrics_and_access_log(server) -> None:
         set_id = upload(http, seed=50)
         assert http.post("/v1/logits", json=logits_body(set_id, 4)).status_code == 200
         text = http.get("/metrics").text
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if not line.startswith("#")}
+    lines = [line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#")]
+    samples = {name: float(value) for name, value in lines}
     assert samples['sharpzo_http_requests_total{method="POST",route="/v1/logits",status="200"}'] >= 1
     assert samples['sharpzo_http_requests_total{method="GET",route="/v1/model",status="401"}'] >= 1
     assert samples['sharpzo_queries_total{key="alice"}'] >= 4
@@ -213,7 +221,9 @@ def test_metrics_and_access_log(server) -> None:
     assert samples["sharpzo_queue_wait_seconds_count"] >= 1
     assert samples['sharpzo_http_request_duration_seconds_count{method="POST",route="/v1/logits"}'] >= 1
     lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
-    scored = [line for line in lines if line["path"] == "/v1/logits" and line["key"] == "alice" and line["queries"] == 4]
+    scored = [
+        line for line in lines if line["path"] == "/v1/logits" and line["key"] == "alice" and line["queries"] == 4
+    ]
     assert scored and scored[-1]["status"] == 200 and scored[-1]["method"] == "POST" and scored[-1]["latency_ms"] > 0
 
 

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 from sharpzo.client.api import ApiClient
-from sharpzo.data.fewshot import downstream_split
 from sharpzo.client.embedded import EmbeddedServer
 from sharpzo.client.image_sets import upload_split
+from sharpzo.data.fewshot import downstream_split
 
-EXPECTED_CORRECT = 194  # of the 337 groceries evaluation images (MODEL_CARD.md); fp32 on the CPU is deterministic to a flip or so
+# of the 337 groceries evaluation images (MODEL_CARD.md); fp32 on the CPU is deterministic to a flip or so
+EXPECTED_CORRECT = 194
 
 
 def test_plain_serve_uses_the_standin_and_its_zero_shot_holds() -> None:

@@ -25,7 +25,8 @@ def encoder_for(name: str, chunk_tokens: int = 65_536, suffix_cache_size: int = 
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name)
     check_servable(model, tokenizer)
-    loaded = LoadedModel(model, tokenizer, preprocess, preprocess, name, None, torch.device("cpu"), torch.float32, "fp32")
+    cpu = torch.device("cpu")
+    loaded = LoadedModel(model, tokenizer, preprocess, preprocess, name, None, cpu, torch.float32, "fp32")
     return PromptedTextEncoder(loaded, chunk_tokens, suffix_cache_size)
 
 

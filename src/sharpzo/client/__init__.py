@@ -7,4 +7,6 @@ from .runner import tune, tune_async
 from .settings import TuneSettings
 from .tune import TuneResult
 
-__all__ = ["ApiClient", "ApiRequestError", "InMemoryData", "TuneResult", "TuneSettings", "UsageMismatch", "tune", "tune_async"]
+__all__ = [
+    "ApiClient", "ApiRequestError", "InMemoryData", "TuneResult", "TuneSettings", "UsageMismatch", "tune", "tune_async"
+]

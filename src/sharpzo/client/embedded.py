@@ -56,11 +56,11 @@ class EmbeddedServer:
         self._temporary_log = log_path is None
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="sharpzo-server-", suffix=".log")[1])
         self.start_timeout = start_timeout
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.command = command or [sys.executable, "-m", "sharpzo.server"]
         self.log_level = log_level
 
-    def start(self) -> "EmbeddedServer":
+    def start(self) -> EmbeddedServer:
         command = [*self.command, "--port", str(self.port), "--log-level", self.log_level]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -106,8 +106,10 @@ class EmbeddedServer:
         if self._temporary_log:
             self.log_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "EmbeddedServer":
+    def __enter__(self) -> EmbeddedServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -76,7 +76,9 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: Iterable[str] | No
         help_text = f.metadata["help"]
         common: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if f.name == "options":
-            group.add_argument("--opt", action="append", type=parse_option, metavar="NAME=VALUE", help=help_text, **common)
+            group.add_argument(
+                "--opt", action="append", type=parse_option, metavar="NAME=VALUE", help=help_text, **common
+            )
         elif hints[f.name] is bool and f.default is True:
             group.add_argument(_flag(f"no_{f.name}"), action="store_false", help=f"do not {help_text}", **common)
         elif hints[f.name] is bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -30,11 +31,13 @@ class TuneProgress:
             settings.method, total=settings.budget, stage="", loss="-", acc="-", val="-"
         )
 
-    def __enter__(self) -> "TuneProgress":
+    def __enter__(self) -> TuneProgress:
         self._progress.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._progress.stop()
 
     def update(self, queries: int, stage: str, loss: float | None, acc: float | None, best_val: float) -> None:

@@ -64,7 +64,7 @@ class PromptSpace:
     seed: int
 
     @classmethod
-    def create(cls, p0: np.ndarray, dim: int, seed: int, alpha: float = DEFAULT_ALPHA) -> "PromptSpace":
+    def create(cls, p0: np.ndarray, dim: int, seed: int, alpha: float = DEFAULT_ALPHA) -> PromptSpace:
         if p0.ndim != 2:
             raise ValueError(f"p0 must be [m, width], got shape {p0.shape}")
         if dim < 1 or alpha <= 0:

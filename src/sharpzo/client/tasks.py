@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from sharpzo.data.base import FewShotTask
-from sharpzo.data.fewshot import few_shot_task
 from sharpzo.data.catalog import DATASETS
+from sharpzo.data.fewshot import few_shot_task
 from sharpzo.data.user_data import InMemoryData, UserImages, load_user_data
 from sharpzo.data.user_split import user_task
 

@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Serve a frozen open_clip CLIP over HTTP for black-box prompt tuning. Every option can also "
         "be set as an environment variable SHARPZO_<OPTION> (e.g. SHARPZO_MODEL=ViT-B-32 SHARPZO_PRETRAINED=openai).",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 in containers)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 in containers)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000)")
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
     for name in _FLAGS:

@@ -33,7 +33,7 @@ class ApiError(Exception):
         self.headers = headers
         self.code: ErrorCode = code or _CODE_OF_STATUS.get(status, "invalid_request")
 
-    def with_headers(self, headers: dict[str, str]) -> "ApiError":
+    def with_headers(self, headers: dict[str, str]) -> ApiError:
         """The same error with ``headers`` added under its own (its own win)."""
         return ApiError(self.status, self.detail, {**headers, **(self.headers or {})}, self.code)
 
@@ -93,10 +93,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LedgerUnavailable)
     async def _ledger_down(_: Request, exc: LedgerUnavailable) -> JSONResponse:
-        return _answer(ApiError(503, f"ledger: unavailable ({exc}); retry later", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)}))
+        retry = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)}
+        return _answer(ApiError(503, f"ledger: unavailable ({exc}); retry later", retry))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI answers 400 to a body that is not even text
             return _answer(ApiError(422, "body: not valid JSON (not UTF-8 text)"))
-        return _answer(ApiError(exc.status_code, str(exc.detail), exc.headers))
+        return _answer(ApiError(exc.status_code, str(exc.detail), None if exc.headers is None else dict(exc.headers)))

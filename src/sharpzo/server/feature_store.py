@@ -14,6 +14,7 @@ import torch
 
 from sharpzo.data.identity import image_set_key
 
+from .ledger.core import Row
 from .ledger.postgres import PostgresDatabase
 from .model import LoadedModel
 
@@ -61,14 +62,15 @@ class SharedFeatureStore:
         return image_set_key(image_digests, augment, seed, scope=model)
 
     @staticmethod
-    def _tensor(rows: object, dim: object, data: object, device: torch.device) -> torch.Tensor:
-        array = np.frombuffer(bytes(data), dtype="<f4").reshape(int(rows), int(dim))  # type: ignore[arg-type,call-overload]
+    def _tensor(row: Row, device: torch.device) -> torch.Tensor:
+        rows, dim, data = row
+        array = np.frombuffer(bytes(data), dtype="<f4").reshape(int(rows), int(dim))
         return torch.from_numpy(array.copy()).to(device)
 
     def features(self, content: str, device: torch.device) -> torch.Tensor | None:
         """Features already encoded for this content, by any replica for any account."""
         found = self._db.run("SELECT rows, dim, features FROM image_features WHERE content = ?", (content,))
-        return self._tensor(*found[0], device) if found else None
+        return self._tensor(found[0], device) if found else None
 
     def load(self, set_id: str, device: torch.device) -> torch.Tensor | None:
         """The features of an image set uploaded on any replica."""
@@ -77,7 +79,7 @@ class SharedFeatureStore:
             "ON f.content = s.content WHERE s.set_id = ?",
             (set_id,),
         )
-        return self._tensor(*found[0], device) if found else None
+        return self._tensor(found[0], device) if found else None
 
     def save(self, set_id: str, content: str, features: torch.Tensor) -> None:
         array = features.detach().float().cpu().numpy().astype("<f4", copy=False)

@@ -46,7 +46,9 @@ def hash_key(key: str) -> str:
 
 def check_name(name: str) -> str:
     if not _NAME.fullmatch(name):
-        raise KeyConfigError(f"key name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        raise KeyConfigError(
+            f"key name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
     if name == ANONYMOUS:
         raise KeyConfigError(f"key name {name!r}: reserved for the account charged when auth is off")
     return name
@@ -111,7 +113,8 @@ def _list(ledger: Ledger, args: argparse.Namespace) -> int:
     for key in ledger.keys():
         used = ledger.totals(key.name, key.quota).queries
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(key.created))
-        status = "active" if key.revoked is None else "revoked " + time.strftime("%Y-%m-%d %H:%M", time.localtime(key.revoked))
+        revoked = None if key.revoked is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(key.revoked))
+        status = "active" if revoked is None else f"revoked {revoked}"
         print(f"{key.name:<24} {key.quota:>12} {used:>12} {created:<20} {status}")
     return 0
 
@@ -148,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sharpzo keys",
         description="Manage the API keys of a SharpZO inference server. Keys live in the server's ledger "
-        "(SHARPZO_LEDGER: a SQLite file, or a PostgreSQL database shared by replicas) as sha256 hashes, so a key is shown once, when it is added. "
+        "(SHARPZO_LEDGER: a SQLite file, or a PostgreSQL database shared by replicas) as sha256 hashes, so a key is "
+        "shown once, when it is added. "
         "Changes take effect on a running server at once. Keys can also be given to the server in "
         "SHARPZO_API_KEYS='name:key:quota,...' or a file named by SHARPZO_API_KEYS_FILE; those are not listed here.",
     )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import open_clip
 import torch
@@ -25,8 +25,8 @@ class UnsupportedModel(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    model: nn.Module
-    tokenizer: Callable
+    model: open_clip.CLIP  # open_clip ships no type hints: its models and tokenizers are unchecked
+    tokenizer: open_clip.SimpleTokenizer
     preprocess: Callable
     augment: Callable
     name: str
@@ -60,7 +60,7 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def check_servable(model: nn.Module, tokenizer: Callable) -> None:
+def check_servable(model: open_clip.CLIP, tokenizer: open_clip.SimpleTokenizer) -> None:
     """Raise UnsupportedModel unless the fast prompted text path is exact for this model."""
     needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask")
     missing = [name for name in needed if getattr(model, name, None) is None]
@@ -75,7 +75,9 @@ def check_servable(model: nn.Module, tokenizer: Callable) -> None:
         raise UnsupportedModel("text_projection must be a matrix, not a layer")
     for i, block in enumerate(model.transformer.resblocks):
         if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention) or not block.attn.batch_first:
-            raise UnsupportedModel(f"text block {i} is {type(block).__name__}: a batch-first MultiheadAttention block is required")
+            raise UnsupportedModel(
+                f"text block {i} is {type(block).__name__}: a batch-first MultiheadAttention block is required"
+            )
         if hasattr(block, "ln_1_kv"):
             raise UnsupportedModel(f"text block {i} is a cross-attention block")
     mask = model.attn_mask
@@ -84,13 +86,16 @@ def check_servable(model: nn.Module, tokenizer: Callable) -> None:
         raise UnsupportedModel("the text attention mask is not causal")
     for attr in ("encode", "sot_token_id", "eot_token_id"):
         if not hasattr(tokenizer, attr):
-            raise UnsupportedModel(f"the tokenizer {type(tokenizer).__name__} has no {attr}: a CLIP BPE tokenizer is required")
+            raise UnsupportedModel(
+                f"the tokenizer {type(tokenizer).__name__} has no {attr}: a CLIP BPE tokenizer is required"
+            )
 
 
 def _augmentation(preprocess: transforms.Compose, image_size: int) -> transforms.Compose:
     """The paper's single augmented view: random resized crop (scale 0.5-1) plus a horizontal flip."""
     tail = [t for t in preprocess.transforms if not isinstance(t, (transforms.Resize, transforms.CenterCrop))]
-    crop = transforms.RandomResizedCrop(image_size, scale=(0.5, 1.0), interpolation=transforms.InterpolationMode.BICUBIC)
+    bicubic = transforms.InterpolationMode.BICUBIC
+    crop = transforms.RandomResizedCrop(image_size, scale=(0.5, 1.0), interpolation=bicubic)
     return transforms.Compose([crop, transforms.RandomHorizontalFlip(), *tail])
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -101,14 +102,16 @@ def _default_gpus(settings: ServerSettings) -> float:
 
 def sharpzo_app(settings: ServerSettings, options: ReplicaOptions) -> Application:
     gpus = options.gpus if options.gpus is not None else _default_gpus(settings)
+    placement: dict[str, Any] = {}
+    if options.max_replicas_per_node is not None:
+        placement["max_replicas_per_node"] = options.max_replicas_per_node
     deployment = serve.deployment(
-        SharpZOReplica,
         name="sharpzo",
         num_replicas=options.replicas,
         max_ongoing_requests=options.max_ongoing_requests,
         ray_actor_options={"num_cpus": options.cpus, "num_gpus": gpus},
-        **({} if options.max_replicas_per_node is None else {"max_replicas_per_node": options.max_replicas_per_node}),
-    )
+        **placement,
+    )(SharpZOReplica)
     return deployment.bind(replica_settings(settings, options))
 
 
@@ -131,7 +134,8 @@ def serve_on_ray(
         log.warning("ledger %s is not PostgreSQL: replicas on other hosts cannot share it or image sets",
                     settings.ledger)
     try:
-        ray.init(address=address, _node_ip_address=node_ip_address, **({} if address else {"include_dashboard": False}))
+        dashboard: dict[str, Any] = {} if address else {"include_dashboard": False}
+        ray.init(address=address, _node_ip_address=node_ip_address, **dashboard)
         serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
     except (RayError, ConnectionError, TimeoutError) as exc:  # serve.start waits 60 s for its proxy, then times out
         detail = " ".join(str(exc).strip().splitlines()[-2:])

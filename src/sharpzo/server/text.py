@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .model import LoadedModel
+
+if TYPE_CHECKING:
+    from open_clip.transformer import ResidualAttentionBlock
 
 
 class PromptError(ValueError):
@@ -67,7 +71,7 @@ def _qkv(attn: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, to
     return _split_heads(q, attn.num_heads), _split_heads(k, attn.num_heads), _split_heads(v, attn.num_heads)
 
 
-def _finish_block(block: nn.Module, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+def _finish_block(block: ResidualAttentionBlock, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
     x = x + block.ls_1(block.attn.out_proj(_merge_heads(attended)))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
@@ -135,7 +139,8 @@ class PromptedTextEncoder:
     def encode(self, prompts: torch.Tensor, suffixes: ClassSuffixes) -> torch.Tensor:
         """Normalised text features [P, C, embed_dim] through the prefix-cached, EOT-cut path."""
         step = max(1, self.chunk_tokens // suffixes.token_count)
-        return torch.cat([self._encode_chunk(prompts[i : i + step], suffixes) for i in range(0, prompts.shape[0], step)])
+        chunks = [prompts[i : i + step] for i in range(0, prompts.shape[0], step)]
+        return torch.cat([self._encode_chunk(chunk, suffixes) for chunk in chunks])
 
     def _encode_chunk(self, prompts: torch.Tensor, suffixes: ClassSuffixes) -> torch.Tensor:
         n_cand, n_prefix = prompts.shape[0], prompts.shape[1] + 1
@@ -157,7 +162,8 @@ class PromptedTextEncoder:
                 shared = (n_cand, len(group.classes)) + k.shape[1:]
                 k_all = torch.cat([k.unsqueeze(1).expand(shared).reshape(-1, *k.shape[1:]), ks], dim=2)
                 v_all = torch.cat([v.unsqueeze(1).expand(shared).reshape(-1, *v.shape[1:]), vs], dim=2)
-                xs[i] = _finish_block(block, xs[i], F.scaled_dot_product_attention(qs, k_all, v_all, attn_mask=visible[i]))
+                attended = F.scaled_dot_product_attention(qs, k_all, v_all, attn_mask=visible[i])
+                xs[i] = _finish_block(block, xs[i], attended)
             xp = _finish_block(block, xp, F.scaled_dot_product_attention(q, k, v, is_causal=True))
         features = torch.empty(n_cand, len(suffixes.names), self.model.text_projection.shape[1], device=self.device)
         for i, group in enumerate(suffixes.groups):

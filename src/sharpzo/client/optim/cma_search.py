@@ -12,7 +12,9 @@ from .config import OptimizerConfig, option, require
 
 @dataclass(frozen=True)
 class CMAConfig(OptimizerConfig):
-    sigma0: float = option(1.5, "initial CMA-ES step size σ0 in spreads (chosen on groceries validation, bench/selection.py)")
+    sigma0: float = option(
+        1.5, "initial CMA-ES step size σ0 in spreads (chosen on groceries validation, bench/selection.py)"
+    )
     popsize: int = option(40, "CMA-ES population size S (queries per generation)")
     bound: float | None = option(2.5, "box bound in spreads: w stays in [-bound, bound]; None for unbounded")
 

@@ -13,7 +13,7 @@ try:
     import psycopg
     from psycopg_pool import ConnectionPool
 except ImportError:  # the scale extra is optional; open_ledger reports it for a postgresql:// ledger only
-    psycopg = None
+    psycopg = None  # type: ignore[assignment]
 
 # pg_advisory_xact_lock key that serialises schema set-up of replicas starting together ("sharpzo" in hex).
 _SCHEMA_LOCK_ID = 0x736861727A6F
@@ -44,7 +44,9 @@ class PostgresDatabase:
     bytes_type = "BYTEA"
     schema_lock = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_ID})"
 
-    def __init__(self, url: str, timeout_s: float = 10.0, open_timeout_s: float = 60.0, max_connections: int = 8) -> None:
+    def __init__(
+        self, url: str, timeout_s: float = 10.0, open_timeout_s: float = 60.0, max_connections: int = 8
+    ) -> None:
         """``timeout_s`` bounds both connecting and a request's wait for a connection: longer than a quick restart of
         the database, short enough that a request fails with LedgerUnavailable rather than hanging. Opening waits
         up to ``open_timeout_s`` for the first connection (a database starting beside the server)."""
@@ -77,7 +79,7 @@ class PostgresDatabase:
     @contextmanager
     def transaction(self) -> Iterator[Execute]:
         with _translated(self.location), self._pool.connection() as connection, connection.transaction():
-            yield lambda sql, params=(): self._execute(connection, sql, params)
+            yield lambda sql, params=(): self._execute(connection, sql, params)  # type: ignore[misc]
 
     def close(self) -> None:
         self._pool.close()

@@ -12,7 +12,6 @@ from typing import Literal
 
 from .core import DuplicateRow, Execute, LedgerError, LedgerUnavailable, Row
 
-
 # Errors that may pass on retry: locked past busy_timeout, an I/O error, a full disk.
 _TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL")
 
