@@ -20,10 +20,19 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from aggregate import (config_curves, final_budget, markdown_table, pct, plot_curves, plot_sharpness, queries_to_reach,
-                       se, sharpness_at)
+from aggregate import (
+    config_curves,
+    final_budget,
+    markdown_table,
+    pct,
+    plot_curves,
+    plot_sharpness,
+    queries_to_reach,
+    se,
+    sharpness_at,
+)
 from grid import RunConfig, run_grid
+from scipy import stats
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,10 +50,34 @@ def parse_args() -> argparse.Namespace:
                         help="also report queries to reach this config's final mean accuracy (repeatable)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 5000, 20000], help="table columns")
     parser.add_argument("--coop", type=Path, help="bench/coop.py output, drawn as the white-box reference")
+    parser.add_argument("--equivalence", type=float, metavar="POINTS",
+                        help="also test each pair against --reference for equivalence within ±POINTS (TOST, 5%%)")
     parser.add_argument("--parallel", type=int, default=3, help="runs in flight at once")
     parser.add_argument("--server", help="server URL; default: an embedded stand-in server")
     parser.add_argument("--out", type=Path, default=Path("bench/results/compare"))
     return parser.parse_args()
+
+
+def equivalence_row(label: str, diff: np.ndarray, margin: float) -> list[str]:
+    """Paired difference in points against ±``margin`` points: two one-sided t-tests at 5% each.
+
+    "equivalent" when the 90% interval lies inside (-margin, margin), which rules an effect of that size out;
+    "effect beyond the margin" when it lies wholly outside, which shows one; else "inconclusive". The 95%
+    interval says whether the difference is nonzero at all.
+    """
+    points = 100 * diff
+    mean, error, df = points.mean(), se(points), len(points) - 1
+    low90, high90 = mean + np.array([-1, 1]) * stats.t.ppf(0.95, df) * error
+    low95, high95 = mean + np.array([-1, 1]) * stats.t.ppf(0.975, df) * error
+    if -margin < low90 and high90 < margin:
+        verdict = f"equivalent within ±{margin:g}"
+    elif low90 > margin or high90 < -margin:
+        verdict = f"effect beyond ±{margin:g}"
+    else:
+        verdict = "inconclusive"
+    nonzero = "yes" if low95 > 0 or high95 < 0 else "no"
+    return [label, f"{mean:+.1f} ± {error:.1f}", f"[{low90:+.1f}, {high90:+.1f}]", f"[{low95:+.1f}, {high95:+.1f}]",
+            nonzero, verdict]
 
 
 def model_line(runs: dict[str, list[Path]]) -> str:
@@ -99,7 +132,8 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
 
     def paired(label: str, diff: np.ndarray) -> list[str]:
         error = se(diff)
-        return [label, f"{100 * diff.mean():+.1f}", f"{100 * error:.1f}", "yes" if abs(diff.mean()) > 2 * error else "no"]
+        verdict = "yes" if abs(diff.mean()) > 2 * error else "no"
+        return [label, f"{100 * diff.mean():+.1f}", f"{100 * error:.1f}", verdict]
 
     pairs_done: set[frozenset[str]] = set()
     for ref in pair_with:
@@ -110,8 +144,18 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
     for name, values in curves.items():
         paired_rows.append(paired(f"{name} − zero-shot", values[:, -1] - zs[name]))
     paired = markdown_table(
-        [f"paired difference at {args.budget} queries (same seeds)", "mean (points)", "SE", "abs(mean) > 2 SE"], paired_rows
+        [f"paired difference at {args.budget} queries (same seeds)", "mean (points)", "SE", "abs(mean) > 2 SE"],
+        paired_rows,
     )
+
+    equivalence = ""
+    if args.equivalence is not None:
+        equivalence = markdown_table(
+            [f"returned prompt, paired (n = {len(args.seeds)})", "mean ± SE (points)", "90% CI", "95% CI",
+             "nonzero (95%)", "verdict (TOST)"],
+            [equivalence_row(f"{name} − {ref}", finals[name] - finals[ref], args.equivalence)
+             for ref in pair_with for name in finals if name != ref],
+        )
 
     sharp = {when: sharpness_at(runs, when) for when in ("switch", "final")}
     if sharp["final"]:
@@ -132,9 +176,11 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
     text = "\n\n".join([
         f"### {args.dataset}, {args.shots}-shot, seeds {args.seeds}, budget {args.budget}",
         f"Zero-shot test accuracy: {zero_shot:.1%}. " + model_line(runs),
-        table, reach, paired, sharpness,
-        "Configs: " + "; ".join(f"`{c.name}` = {c.method} {json.dumps(c.options)}" + (f" alpha={c.alpha}" if c.alpha else "")
-                                for c in args.config),
+        table, reach, paired, *([equivalence] if equivalence else []), sharpness,
+        "Configs: " + "; ".join(
+            f"`{c.name}` = {c.method} {json.dumps(c.options)}" + (f" alpha={c.alpha}" if c.alpha else "")
+            for c in args.config
+        ),
     ])
     (out / "summary.md").write_text(text + "\n")
     (out / "summary.json").write_text(json.dumps({

@@ -60,7 +60,8 @@ async def run_grid(
                 extra = {} if config.alpha is None else {"alpha": config.alpha}
                 result = await tune_async(
                     dataset, server=url, method=config.method, budget=budget, shots=shots, seed=seed, out=run_dir,
-                    resume=True, progress=False, eval_every=eval_every, options=config.options, **extra,
+                    resume=True, progress=False, eval_every=eval_every, probe_sharpness=True, options=config.options,
+                    **extra,
                 )
                 print(f"{dataset} {config.name} seed {seed}: test {result.test_accuracy:.1%} "
                       f"(zero-shot {result.zero_shot_test_accuracy:.1%}), {result.queries} queries, "

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from aggregate import markdown_table, plt, save_figure
 from grid import RunConfig
 

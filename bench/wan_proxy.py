@@ -79,8 +79,9 @@ class _Link:
 
     def put(self, data: bytes) -> None:
         due = max(time.monotonic() + self.delay_s, self.busy_until)
-        if self.bytes_per_s:
-            self.busy_until = due + len(data) / self.bytes_per_s
+        if self.bytes_per_s:  # store and forward: a chunk arrives once its last byte has crossed the link
+            due += len(data) / self.bytes_per_s
+            self.busy_until = due
         self.queue.put_nowait((due, data))
 
     async def run(self) -> None:

@@ -28,7 +28,8 @@ def batch_counters(url: str) -> tuple[float, float]:
 def test_concurrent_requests_share_model_batches(tiny_server) -> None:
     with httpx.Client(base_url=tiny_server.url, timeout=60) as http:
         width = http.get("/v1/model").json()["width"]
-        set_id = http.post("/v1/image-sets", json={"images": [b64(encoded_image(900 + i)) for i in range(4)]}).json()["id"]
+        images = [b64(encoded_image(900 + i)) for i in range(4)]
+        set_id = http.post("/v1/image-sets", json={"images": images}).json()["id"]
     rng = np.random.default_rng(0)
     bodies = [
         {"image_set": set_id, "class_names": ["cat", "dog", "cow"], "labels": [0, 1, 2, 0], "return_logits": False,
@@ -106,3 +107,35 @@ def test_the_window_opens_for_a_request_on_its_way() -> None:
     # the two jobs fill batch_max_candidates = 4, so the batch runs without waiting the window out
     stats = _batches(3600.0, two_clients)
     assert [(s.jobs, s.window_opened) for s in stats] == [(2, True)]
+
+
+def test_a_request_scores_the_same_bits_alone_or_beside_others_unless_merging() -> None:
+    from sharpzo.server.model import load_model
+    from sharpzo.server.settings import ServerSettings
+    from sharpzo.server.text import PromptedTextEncoder
+
+    loaded = load_model(ServerSettings())  # the stand-in: its text tower's last bits move with the batch's size
+    encoder = PromptedTextEncoder(loaded, 4096, 8)
+    names = [f"class {k}" for k in range(6)]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(5, loaded.embed_dim, generator=generator), dim=-1)
+
+    suffixes, labels = encoder.suffixes(names, 4), torch.tensor([0, 1, 2, 3, 4])
+    lone, *neighbours = (torch.randn(count, 4, loaded.width, generator=generator) * 0.02 for count in (2, 30, 7))
+
+    async def scored(merge: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        def job(prompts: torch.Tensor) -> LogitsJob:  # a job's future belongs to the running loop
+            return LogitsJob(prompts, suffixes, images, labels, keep_logits=True)
+
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            batcher = MicroBatcher(encoder, loaded.logit_scale, executor, 0.05, 4096, merge=merge)
+            batcher.start()
+            alone = await batcher.submit(job(lone))
+            together = await asyncio.gather(*(batcher.submit(job(p)) for p in (neighbours[0], lone, neighbours[1])))
+            await batcher.stop()
+        return alone.logits, together[1].logits
+
+    alone, beside = asyncio.run(scored(merge=False))
+    assert torch.equal(alone, beside)
+    alone, beside = asyncio.run(scored(merge=True))
+    assert not torch.equal(alone, beside)  # what the default avoids: a merged pass moves the last bits

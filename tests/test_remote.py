@@ -94,7 +94,8 @@ def test_the_bandwidth_cap_spaces_the_bytes(echo_port: int) -> None:
     with WanProxy(echo_port, rtt_ms=0, mbit_per_s=8) as proxy:
         back, seconds = exchange(proxy.port, payload)
     assert back == payload
-    assert seconds >= 0.2  # 200 KB at 1 MB/s (each direction has its own link, so the echo overlaps the upload)
+    # 200 KB at 1 MB/s; each direction has its own link, so the echo overlaps the upload
+    assert seconds >= 0.2
 
 
 def test_the_proxy_drops_and_stalls_as_told(server: EmbeddedServer) -> None:

@@ -1,4 +1,4 @@
-"""Tune options declared once: the CLI flags and tune()'s keywords come from TuneSettings; presets are validated data."""
+"""Tune options declared once: CLI flags and tune()'s keywords come from TuneSettings; presets are validated data."""
 
 from __future__ import annotations
 

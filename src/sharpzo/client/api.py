@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import random
 import ssl
 import time
 import uuid
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,7 +138,7 @@ class ApiClient:
         self._model: ModelInfo | None = None
         self._jitter = random.Random()
 
-    async def __aenter__(self) -> "ApiClient":
+    async def __aenter__(self) -> ApiClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -151,7 +151,7 @@ class ApiClient:
         content = body.model_dump_json().encode()
         big = self.compress and len(content) >= COMPRESS_MIN_BYTES
         if big and "gzip" in (await self.model_info()).request_encodings:
-            return zlib.compress(content, 1, wbits=31), {**_JSON, "Content-Encoding": "gzip"}
+            return gzip.compress(content, 1, mtime=0), {**_JSON, "Content-Encoding": "gzip"}
         return content, dict(_JSON)
 
     async def _send(self, method: str, path: str, body: BaseModel | None = None) -> httpx.Response:
@@ -278,7 +278,8 @@ class ApiClient:
         return Scored(
             loss=None if labels is None else np.concatenate([r.loss for r in responses]),
             accuracy=None if labels is None else np.concatenate([r.accuracy for r in responses]),
-            logits=None if responses[0].logits is None else np.concatenate([r.logits.to_numpy() for r in responses]),
+            logits=None if responses[0].logits is None
+            else np.concatenate([r.logits.to_numpy() for r in responses if r.logits is not None]),
         )
 
 

@@ -28,12 +28,14 @@ async def connect(
     timeout: float = 120.0, compress: bool = True,
 ) -> AsyncIterator[ApiClient]:
     """An ApiClient for ``server``, or for an embedded stand-in server started (and stopped) here."""
+    embedded: EmbeddedServer | None = None
     if server is None:
         require_server("without --server, the embedded server")
-    embedded = None if server is not None else await asyncio.to_thread(EmbeddedServer().start)
+        embedded = await asyncio.to_thread(EmbeddedServer().start)
+        server = embedded.url
     try:
         async with ApiClient(
-            server or embedded.url, api_key=api_key, concurrency=concurrency, ca_bundle=ca_bundle, timeout=timeout,
+            server, api_key=api_key, concurrency=concurrency, ca_bundle=ca_bundle, timeout=timeout,
             compress=compress,
         ) as api:
             yield api
@@ -49,10 +51,12 @@ async def tune_async(data: Data, *, preset: str | None = None, **options: Any) -
 async def run_tune(data: Data, settings: TuneSettings) -> TuneResult:
     """One tuning run of ``data`` with ready ``settings``."""
     task = resolve_task(data, settings.shots, settings.seed, settings.test_data, settings.allow_fewer)
-    run_dir = settings.out if settings.out is not None else Path("runs") / f"{task.name}-{settings.method}-s{settings.seed}"
+    default_dir = Path("runs") / f"{task.name}-{settings.method}-s{settings.seed}"
+    run_dir = settings.out if settings.out is not None else default_dir
     async with connect(settings.server, settings.api_key, settings.concurrency, settings.ca_bundle, settings.timeout,
                        settings.compress) as api:
-        return await Tuner(api, task, settings, Path(run_dir), show_progress=settings.progress).run(resume=settings.resume)
+        tuner = Tuner(api, task, settings, Path(run_dir), show_progress=settings.progress)
+        return await tuner.run(resume=settings.resume)
 
 
 def tune(data: Data, *, preset: str | None = None, **options: Any) -> TuneResult:
@@ -60,13 +64,16 @@ def tune(data: Data, *, preset: str | None = None, **options: Any) -> TuneResult
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def _signature(returns: Any) -> inspect.Signature:
     keyword = inspect.Parameter.KEYWORD_ONLY
     fields = [
-        inspect.Parameter(f.name, keyword, default=_default(f), annotation=f.type) for f in dataclasses.fields(TuneSettings)
+        inspect.Parameter(f.name, keyword, default=_default(f), annotation=f.type)
+        for f in dataclasses.fields(TuneSettings)
     ]
     return inspect.Signature(
         [inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Data"),

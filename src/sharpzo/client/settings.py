@@ -36,7 +36,10 @@ def setting(default: Any, help: str, role: Role, **cli: Any) -> Any:
 @dataclasses.dataclass(frozen=True)
 class TuneSettings:
     method: str = setting("sharpzo", "optimiser", "run", choices=sorted(OPTIMIZERS))
-    budget: int = setting(8000, "most queries the method may spend (training and validation queries); 0: evaluate the zero-shot prompt only", "run")
+    budget: int = setting(
+        8000, "most queries the method may spend (training and validation queries); 0: evaluate the zero-shot prompt "
+        "only", "run"
+    )
     seed: int = setting(0, "seed of the few-shot draw, projection and optimiser", "run")
     dim: int = setting(512, "dimension d of the tuned vector w", "run")
     alpha: float = setting(DEFAULT_ALPHA, "projection scale in token-embedding spreads per unit of w", "run")
@@ -84,12 +87,16 @@ class TuneSettings:
         None, "PEM file (or folder) of CA certificates to trust for an https:// server, e.g. a private CA "
         "(SSL_CERT_FILE works too)", "session", env="SHARPZO_CA_BUNDLE", metavar="PEM",
     )
-    compress: bool = setting(True, "gzip request bodies of 4 KB or more when the server offers it (/v1/model)", "session")
+    compress: bool = setting(
+        True, "gzip request bodies of 4 KB or more when the server offers it (/v1/model)", "session"
+    )
     timeout: float = setting(
         120.0, "seconds of silence (connecting: at most 15) before a request is given up and retried with the same "
         "Idempotency-Key", "session",
     )
-    out: Path | None = setting(None, "run directory (default runs/<data>-<method>-s<seed>)", "session", type=Path, metavar="DIR")
+    out: Path | None = setting(
+        None, "run directory (default runs/<data>-<method>-s<seed>)", "session", type=Path, metavar="DIR"
+    )
     resume: bool = setting(False, "continue from the run directory's checkpoint", "session")
     progress: bool = setting(True, "show a progress bar", "session")
 
@@ -109,13 +116,15 @@ class TuneSettings:
             raise ValueError("early_stop needs eval_every > 0: it counts the --eval-every evaluations")
 
     @classmethod
-    def build(cls, preset: str | None = None, **overrides: Any) -> "TuneSettings":
+    def build(cls, preset: str | None = None, **overrides: Any) -> TuneSettings:
         """Defaults, then ``preset``'s values, then ``overrides``; ``options`` are merged by name."""
         values = dict(load_preset(preset)) if preset is not None else {}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"unknown tune option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown tune option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+            )
         for name, value in overrides.items():
             values[name] = {**values.get("options", {}), **(value or {})} if name == "options" else value
         return cls(**values)

@@ -1,24 +1,32 @@
-"""The micro-batcher: requests in flight are coalesced into text-tower batches on one model thread."""
+"""The micro-batcher: requests in flight are coalesced into text-tower batches (and image-tower batches for visual
+prompts) on one model thread."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from itertools import accumulate
 
 import torch
 
 from .scoring import Scores, score
 from .text import ClassSuffixes, PromptedTextEncoder
+from .visual import PromptedImageEncoder, all_pairs
 
 
 def _pending() -> asyncio.Future:
     return asyncio.get_running_loop().create_future()
+
+
+@dataclass(frozen=True)
+class VisualPrompts:
+    prompts: torch.Tensor  # [P_v, m_v, W_v]; P_v and the text prompts' P are equal, or one of them is 1
+    stems: torch.Tensor  # [N, L, W_v] of the job's images, on the model's device
 
 
 @dataclass
@@ -28,6 +36,7 @@ class LogitsJob:
     images: torch.Tensor  # [N, E]
     labels: torch.Tensor | None
     keep_logits: bool
+    visual: VisualPrompts | None = None
     future: asyncio.Future = field(default_factory=_pending, repr=False)
     enqueued: float = field(default_factory=time.perf_counter)
     queue_wait_s: float = 0.0  # set when its batch starts
@@ -35,7 +44,11 @@ class LogitsJob:
 
     @property
     def candidates(self) -> int:
-        return int(self.prompts.shape[0])
+        return int(max(self.prompts.shape[0], 0 if self.visual is None else self.visual.prompts.shape[0]))
+
+    @property
+    def image_forwards(self) -> int:
+        return 0 if self.visual is None else int(self.visual.prompts.shape[0] * self.images.shape[0])
 
     @property
     def group(self) -> tuple[tuple[str, ...], int]:
@@ -52,7 +65,10 @@ class BatchStats:
 
 
 class MicroBatcher:
-    """Merges the jobs that are queued together into one text-tower run per (class list, m).
+    """Runs the jobs that are queued together in one go on the model thread. With ``merge`` their prompts share one
+    text-tower pass per (class list, m), and their visual prompts one image-tower pass per m_v; without it (the
+    default) each job has its own passes, so a request's scores are bit for bit the same whatever is in flight
+    beside it (a merged pass changes the last bits: BENCHMARKS.md, "How much does latency cost: tuning over a WAN").
 
     The batch window only opens when another request is queued or on its way (``arriving``): a
     sequential client, one request at a time, never waits it out.
@@ -66,8 +82,12 @@ class MicroBatcher:
         window_s: float,
         max_candidates: int,
         on_batch: Callable[[BatchStats], None] = lambda stats: None,
+        visual: PromptedImageEncoder | None = None,
+        merge: bool = False,
     ) -> None:
         self.encoder = encoder
+        self.merge = merge  # False: each job its own tower passes, so its scores do not depend on its neighbours
+        self.visual = visual
         self.logit_scale = logit_scale
         self.executor = executor
         self.window_s = window_s
@@ -106,16 +126,19 @@ class MicroBatcher:
         jobs = [await self._queue.get()]
         if self._queue.empty() and not self._arriving:
             return jobs, False
-        total = jobs[0].prompts.shape[0]
+        total = jobs[0].candidates
         deadline = time.perf_counter() + self.window_s
         while total < self.max_candidates:
             remaining = deadline - time.perf_counter()
             try:
-                job = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
+                if remaining <= 0:
+                    job = self._queue.get_nowait()
+                else:
+                    job = await asyncio.wait_for(self._queue.get(), remaining)
             except (asyncio.QueueEmpty, asyncio.TimeoutError):
                 break
             jobs.append(job)
-            total += job.prompts.shape[0]
+            total += job.candidates
         return jobs, True
 
     async def _run(self) -> None:
@@ -129,7 +152,7 @@ class MicroBatcher:
                 job.queue_wait_s, job.model_s = started - job.enqueued, seconds
             self.on_batch(
                 BatchStats(
-                    candidates=sum(j.prompts.shape[0] for j in jobs),
+                    candidates=sum(j.candidates for j in jobs),
                     jobs=len(jobs),
                     queue_wait_s=[j.queue_wait_s for j in jobs],
                     seconds=seconds,
@@ -145,30 +168,74 @@ class MicroBatcher:
                     job.future.set_result(outcome)
 
     def _compute(self, jobs: list[LogitsJob]) -> list[Scores | BaseException]:
-        groups: dict[tuple[tuple[str, ...], int], list[int]] = defaultdict(list)
-        for i, job in enumerate(jobs):
-            groups[job.group].append(i)
-        outcomes: list[Scores | BaseException] = [RuntimeError("not computed")] * len(jobs)
         with torch.inference_mode():
-            for members in groups.values():
-                try:
-                    prompts = torch.cat([jobs[i].prompts for i in members]).to(self.encoder.device)
-                    features = self.encoder.encode(prompts, jobs[members[0]].suffixes)
-                except Exception as exc:  # one bad group must not fail the others
-                    for i in members:
-                        outcomes[i] = exc
+            text = _grouped(jobs, _text_group if self.merge else id, self._text_features)
+            images = _grouped(jobs, _visual_group if self.merge else id, self._image_features)
+            outcomes: list[Scores | BaseException] = []
+            for job, features, image_features in zip(jobs, text, images):
+                if isinstance(features, BaseException):
+                    outcomes.append(features)
                     continue
-                start = 0
-                for i in members:
-                    job = jobs[i]
-                    count = job.prompts.shape[0]
-                    try:
-                        outcomes[i] = score(
-                            features[start : start + count], job.images, self.logit_scale, job.labels, job.keep_logits
-                        )
-                    except Exception as exc:
-                        outcomes[i] = exc
-                    start += count
+                if isinstance(image_features, BaseException):
+                    outcomes.append(image_features)
+                    continue
+                try:
+                    outcomes.append(score(features, image_features, self.logit_scale, job.labels, job.keep_logits))
+                except Exception as exc:
+                    outcomes.append(exc)
         if self.encoder.device.type == "cuda":  # so that the batch's time is its kernels' time, not their launch
             torch.cuda.synchronize(self.encoder.device)
         return outcomes
+
+    def _text_features(self, jobs: list[LogitsJob]) -> list[torch.Tensor]:
+        """[P, C, E] per job, of jobs with one class list and m."""
+        prompts = torch.cat([job.prompts for job in jobs]).to(self.encoder.device)
+        features = self.encoder.encode(prompts, jobs[0].suffixes)
+        return list(features.split([job.prompts.shape[0] for job in jobs]))
+
+    def _image_features(self, jobs: list[LogitsJob]) -> list[torch.Tensor]:
+        """[P_v, N, E] per job, of jobs with one m_v; a text-only job's [N, E] as it came."""
+        visual = [job.visual for job in jobs if job.visual is not None]
+        if len(visual) < len(jobs) or self.visual is None:
+            return [job.images for job in jobs]
+        device = visual[0].stems.device
+        pairs = [all_pairs(v.prompts.shape[0], v.stems.shape[0], device) for v in visual]
+        prompts_before = accumulate((v.prompts.shape[0] for v in visual), initial=0)
+        images_before = accumulate((v.stems.shape[0] for v in visual), initial=0)
+        rows = self.visual.encode(
+            torch.cat([v.prompts for v in visual]).to(device),
+            torch.cat([v.stems for v in visual]),
+            torch.cat([p + before for (p, _), before in zip(pairs, prompts_before)]),
+            torch.cat([n + before for (_, n), before in zip(pairs, images_before)]),
+        )
+        return [
+            part.view(v.prompts.shape[0], v.stems.shape[0], -1)
+            for v, part in zip(visual, rows.split([job.image_forwards for job in jobs]))
+        ]
+
+
+def _text_group(job: LogitsJob) -> tuple[tuple[str, ...], int]:
+    return job.group
+
+
+def _visual_group(job: LogitsJob) -> int | None:
+    return None if job.visual is None else int(job.visual.prompts.shape[1])
+
+
+def _grouped(
+    jobs: list[LogitsJob], key: Callable[[LogitsJob], Hashable], run: Callable[[list[LogitsJob]], list[torch.Tensor]]
+) -> list[torch.Tensor | BaseException]:
+    """``run`` once per group of jobs with one ``key``, its outputs in job order; a group that raises fails its own
+    jobs, not the others."""
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        groups[key(job)].append(i)
+    results: list[torch.Tensor | BaseException] = [RuntimeError("not computed")] * len(jobs)
+    for members in groups.values():
+        try:
+            outputs: list[torch.Tensor | BaseException] = list(run([jobs[i] for i in members]))
+        except Exception as exc:
+            outputs = [exc] * len(members)
+        for i, output in zip(members, outputs):
+            results[i] = output
+    return results

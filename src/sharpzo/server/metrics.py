@@ -67,12 +67,19 @@ class Metrics:
             registry=self.registry,
         )
         self.latency = Histogram(
-            "sharpzo_http_request_duration_seconds", "Time from request to the end of the response.", ["method", "route"],
+            "sharpzo_http_request_duration_seconds", "Time from request to the end of the response.",
+            ["method", "route"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
-        self.queries = Counter("sharpzo_queries", "Queries (prompt candidates) charged, by key.", ["key"], registry=self.registry)
+        self.queries = Counter(
+            "sharpzo_queries", "Queries (prompt candidates) charged, by key.", ["key"], registry=self.registry
+        )
         self.image_evals = Counter(
             "sharpzo_image_evals", "Candidate x image evaluations charged, by key.", ["key"], registry=self.registry
+        )
+        self.image_forwards = Counter(
+            "sharpzo_image_forwards", "Image-tower forwards for visual prompts charged, by key.", ["key"],
+            registry=self.registry,
         )
         self.batch_candidates = Histogram(
             "sharpzo_batch_candidates", "Candidates per model batch of the micro-batcher.", buckets=_POWERS_OF_TWO,
@@ -99,6 +106,7 @@ class Metrics:
     def charged(self, key: str, usage: Usage) -> None:
         self.queries.labels(key).inc(usage.queries)
         self.image_evals.labels(key).inc(usage.image_evals)
+        self.image_forwards.labels(key).inc(usage.image_forwards)
 
     def on_stages(self, stages: StageTimes) -> None:
         for stage, seconds in stages.seconds.items():

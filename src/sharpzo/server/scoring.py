@@ -18,8 +18,14 @@ class Scores:
 def score(
     text: torch.Tensor, images: torch.Tensor, scale: float, labels: torch.Tensor | None, keep_logits: bool
 ) -> Scores:
-    """``text`` [P, C, E] and ``images`` [N, E] are normalised; logits = scale * cosine."""
-    logits = scale * torch.einsum("pce,ne->pnc", text.float(), images.float())
+    """``text`` [P, C, E] and ``images`` [N, E], or [P, N, E] for visual prompts (either P may be 1), are normalised;
+    logits = scale * cosine."""
+    if images.ndim == 2:
+        logits = scale * torch.einsum("pce,ne->pnc", text.float(), images.float())
+    else:
+        n_cand = max(text.shape[0], images.shape[0])
+        text, images = text.expand(n_cand, -1, -1), images.expand(n_cand, -1, -1)
+        logits = scale * torch.einsum("pce,pne->pnc", text.float(), images.float())
     if labels is None:
         return Scores(logits, None, None)
     n_cand, n_img, n_cls = logits.shape

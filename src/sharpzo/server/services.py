@@ -24,6 +24,7 @@ from .model import LoadedModel, load_model
 from .scorer import Scorer, ScoringLimits
 from .settings import ServerSettings
 from .text import PromptedTextEncoder
+from .visual import PromptedImageEncoder, visual_refusal
 from .vocabulary import Vocabulary
 
 T = TypeVar("T")
@@ -49,7 +50,7 @@ class Services:
     vocabulary: Vocabulary
 
 
-def _model_info(loaded: LoadedModel, settings: ServerSettings) -> ModelInfo:
+def _model_info(loaded: LoadedModel, settings: ServerSettings, visual: PromptedImageEncoder | None) -> ModelInfo:
     return ModelInfo(
         name=loaded.name,
         pretrained=loaded.pretrained,
@@ -61,23 +62,32 @@ def _model_info(loaded: LoadedModel, settings: ServerSettings) -> ModelInfo:
         precision=loaded.precision,
         limits=Limits(**settings.model_dump(include=set(Limits.model_fields))),
         request_encodings=list(ENCODINGS),
+        visual_width=None if visual is None else visual.width,
+        visual_prompts=visual is not None,
     )
 
 
 def build_services(settings: ServerSettings, loaded: LoadedModel | None = None) -> Services:
-    api_keys = configured_keys(settings.api_keys and settings.api_keys.get_secret_value(), settings.api_keys_file)
-    ledger = open_ledger(settings.ledger, settings.ledger_synchronous)  # before the model, so that a bad key or ledger setting fails fast
+    api_keys = configured_keys(
+        None if settings.api_keys is None else settings.api_keys.get_secret_value(), settings.api_keys_file
+    )
+    # before the model, so that a bad key or ledger setting fails fast
+    ledger = open_ledger(settings.ledger, settings.ledger_synchronous)
     loaded = loaded or load_model(settings)
     chunk = settings.text_chunk_tokens or (65_536 if loaded.device.type == "cuda" else 4096)
     encoder = PromptedTextEncoder(loaded, chunk, settings.suffix_cache_size)
+    refusal = visual_refusal(loaded.model, settings.max_visual_tokens)
+    visual = None if refusal is not None else PromptedImageEncoder(loaded.model, settings.visual_chunk_tokens)
     feature_url = settings.feature_store_url()
     shared = None if feature_url is None else SharedFeatureStore(feature_url)
-    store = ImageSetStore(loaded, settings.max_image_sets, settings.max_image_pixels, settings.image_cache_dir, shared)
+    store = ImageSetStore(
+        loaded, settings.max_image_sets, settings.max_image_pixels, settings.image_cache_dir, shared, visual
+    )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
     metrics = Metrics()
     batcher = MicroBatcher(
         encoder, loaded.logit_scale, executor, settings.batch_window_ms / 1000.0, settings.batch_max_candidates,
-        on_batch=metrics.on_batch,
+        on_batch=metrics.on_batch, visual=visual, merge=settings.batch_merge,
     )
     auth_on = settings.auth == "on"
     admission = Admission(
@@ -86,15 +96,18 @@ def build_services(settings: ServerSettings, loaded: LoadedModel | None = None) 
         TokenBucket(settings.rate_limit_rps, settings.rate_limit_burst) if auth_on else None,
         settings.idempotency_window_s,
     )
-    image_sets = ImageSets(store, ledger, executor, settings.max_images_per_set)
+    image_sets = ImageSets(
+        store, ledger, executor, settings.max_images_per_set, settings.max_visual_images_per_set, refusal
+    )
     limits = ScoringLimits(
         settings.max_candidates, settings.max_classes, settings.max_images_per_request, settings.max_logit_elements,
-        loaded.width, loaded.context_length,
+        loaded.width, loaded.context_length, settings.max_visual_tokens, settings.max_image_forwards_per_request,
+        None if visual is None else visual.width, refusal,
     )
     return Services(
         settings=settings,
         loaded=loaded,
-        info=_model_info(loaded, settings),
+        info=_model_info(loaded, settings, visual),
         ledger=ledger,
         encoder=encoder,
         store=store,

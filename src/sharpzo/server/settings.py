@@ -17,16 +17,23 @@ class ServerSettings(BaseSettings):
 
     model: str = Field(
         default=DEFAULT_MODEL,
-        description="open_clip model name (e.g. ViT-B-32, RN50, or the project's sharpzo-standin-v2 and sharpzo-standin-v1).",
+        description="open_clip model name (e.g. ViT-B-32, RN50, or the project's sharpzo-standin-v2 and "
+        "sharpzo-standin-v1).",
     )
     pretrained: str | None = Field(
         default=None,
         description="open_clip pretrained tag (e.g. openai) or a checkpoint file; unset: a project model's shipped "
         "weights; 'none' for random weights.",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto (CUDA when available), cpu or cuda.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="fp32, or bf16 / fp16 (these need CUDA).")
-    init_seed: int = Field(default=0, description="torch seed before building the model: random weights are reproducible.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto (CUDA when available), cpu or cuda."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="fp32, or bf16 / fp16 (these need CUDA)."
+    )
+    init_seed: int = Field(
+        default=0, description="torch seed before building the model: random weights are reproducible."
+    )
     threads: int = Field(default=0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
 
     max_candidates: int = Field(default=2048, ge=1, description="Most prompts (P) in one /v1/logits request.")
@@ -34,11 +41,30 @@ class ServerSettings(BaseSettings):
     max_images_per_request: int = Field(default=10_000, ge=1, description="Most images (N) one request may score.")
     max_images_per_set: int = Field(default=10_000, ge=1, description="Most images in one image set.")
     max_image_pixels: int = Field(
-        default=40_000_000, ge=1, description="Most pixels in one image, read from its header (stops decompression bombs)."
+        default=40_000_000, ge=1, description="Most pixels in one image, read from its header (stops decompression "
+            "bombs)"
     )
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request body; 413 beyond.")
     max_logit_elements: int = Field(default=64_000_000, ge=1, description="Most P x N x C logits one request may need.")
     max_image_sets: int = Field(default=256, ge=1, description="Image sets kept in memory; the oldest go first.")
+    max_visual_tokens: int = Field(
+        default=64, ge=0, description="Most visual prompt tokens (m_v); 0: no visual prompts."
+    )
+    max_image_forwards_per_request: int = Field(
+        default=65_536, ge=0, description="Most image-tower forwards (P_v x N) one /v1/logits request may run."
+    )
+    max_visual_images_per_set: int = Field(
+        default=2048, ge=0,
+        description="Most images in a set uploaded with visual: true: each keeps its patch stem ((1 + grid^2) x "
+        "visual width floats) in memory.",
+    )
+    image_forward_quota: int | None = Field(
+        default=None, ge=0,
+        description="Image forwards each API key may use in all (besides its query quota); unset: no limit.",
+    )
+    visual_chunk_tokens: int = Field(
+        default=65_536, ge=256, description="Most tokens (image forwards x sequence length) in one image-tower pass."
+    )
 
     text_chunk_tokens: int | None = Field(
         default=None,
@@ -48,27 +74,43 @@ class ServerSettings(BaseSettings):
     )
     batch_window_ms: float = Field(
         default=2.0, ge=0,
-        description="How long the micro-batcher waits to fill a batch; it waits only while other requests are on their way.",
+        description="How long the micro-batcher waits to fill a batch; it waits only while other requests are on "
+        "their way.",
     )
     batch_max_candidates: int = Field(default=4096, ge=1, description="Most candidates the micro-batcher merges.")
+    batch_merge: bool = Field(
+        default=False,
+        description="Run the jobs of one batch through the towers together (one pass per class list): more throughput "
+        "where passes are costly to launch (a GPU), but a request's losses then differ in their last bits with the "
+        "requests beside it, so a run is reproducible bit for bit only while it is alone. Off: each request's scores "
+        "are the same whatever else is in flight.",
+    )
     suffix_cache_size: int = Field(
-        default=64, ge=0, description="Tokenised class lists kept across requests (least recently used go first); 0: none."
+        default=64, ge=0, description="Tokenised class lists kept across requests (least recently used go first); "
+            "0: none."
     )
 
-    image_cache_dir: Path | None = Field(default=None, description="Folder to persist image-set features across restarts.")
+    image_cache_dir: Path | None = Field(
+        default=None, description="Folder to persist image-set features across restarts."
+    )
 
     auth: Literal["on", "off"] = Field(
-        default="on", description="on: every /v1 call but health needs a Bearer API key; off: all calls charge 'anonymous'."
+        default="on", description="on: every /v1 call but health needs a Bearer API key; off: all calls charge "
+            "'anonymous'."
     )
-    api_keys: SecretStr | None = Field(default=None, description="API keys as 'name:key:quota,...' (besides the ledger's).")
+    api_keys: SecretStr | None = Field(
+        default=None, description="API keys as 'name:key:quota,...' (besides the ledger's)."
+    )
     api_keys_file: Path | None = Field(default=None, description="File of 'name:key:quota' lines ('#' comments).")
     ledger: str = Field(
         default_factory=lambda: str(default_ledger_path()),
-        description="Ledger of hashed keys, usage, idempotent responses: a SQLite file, or postgresql://... for replicas.",
+        description="Ledger of hashed keys, usage, idempotent responses: a SQLite file, or postgresql://... for "
+        "replicas.",
     )
     ledger_synchronous: Literal["NORMAL", "FULL"] = Field(
         default="NORMAL",
-        description="SQLite synchronous mode: NORMAL survives process crashes; FULL also power loss, at an fsync a request.",
+        description="SQLite synchronous mode: NORMAL survives process crashes; FULL also power loss, at an fsync a "
+        "request.",
     )
     feature_store: str | None = Field(
         default=None,
@@ -76,7 +118,8 @@ class ServerSettings(BaseSettings):
         "is PostgreSQL, else none (features stay in memory and image_cache_dir). 'none': never shared.",
     )
     idempotency_window_s: float = Field(
-        default=24 * 3600.0, gt=0, description="How long a POST's response is kept for retries with its Idempotency-Key."
+        default=24 * 3600.0, gt=0, description="How long a POST's response is kept for retries with its "
+            "Idempotency-Key."
     )
     rate_limit_rps: float = Field(default=100.0, gt=0, description="Requests per second per API key, on average.")
     rate_limit_burst: int = Field(default=200, ge=1, description="Requests an API key may send at once.")

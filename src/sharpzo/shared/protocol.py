@@ -33,6 +33,13 @@ class Limits(BaseModel):
     max_images_per_set: int = Field(description="Most images in one image set.")
     max_image_pixels: int = Field(description="Most pixels in one decoded image.")
     max_body_bytes: int = Field(description="Largest request body accepted.")
+    max_visual_tokens: int = Field(default=0, description="Most visual prompt tokens (m_v); 0: no visual prompts.")
+    max_image_forwards_per_request: int = Field(
+        default=0, description="Most image-tower forwards (P_v x N) one /v1/logits request may run; 0: none."
+    )
+    max_visual_images_per_set: int = Field(
+        default=0, description="Most images in a set uploaded with visual: true (their patch stems stay in memory)."
+    )
 
 
 class ModelInfo(BaseModel):
@@ -48,6 +55,12 @@ class ModelInfo(BaseModel):
     request_encodings: list[str] = Field(
         default_factory=list,
         description="Content-Encodings the server accepts for request bodies (e.g. gzip); empty: plain bodies only.",
+    )
+    visual_width: int | None = Field(
+        default=None, description="Token width of the ViT image tower: the last dimension of visual_prompts."
+    )
+    visual_prompts: bool = Field(
+        default=False, description="Whether /v1/logits takes visual_prompts (a ViT image tower with token pooling)."
     )
 
 
@@ -67,6 +80,11 @@ class ImageSetRequest(_Body):
         description="Encode one augmented view (random resized crop 0.5-1, horizontal flip) instead of the plain one.",
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the augmentation.")
+    visual: bool = Field(
+        default=False,
+        description="Also keep each image's patch stem in memory, which visual_prompts need. Uploading a set again "
+        "with visual: true gives it back its stems (a set read from the disk cache or shared store has none).",
+    )
 
 
 class ImageSetConcatRequest(_Body):
@@ -88,12 +106,17 @@ class Usage(BaseModel):
     queries: int = Field(default=0, description="Candidates scored: one query per prompt candidate.")
     image_evals: int = Field(default=0, description="Candidates times images scored.")
     requests: int = Field(default=0, description="HTTP requests charged.")
+    image_forwards: int = Field(
+        default=0,
+        description="Image-tower forwards run for visual prompts: P_v x N per request; 0 for text prompts alone.",
+    )
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             queries=self.queries + other.queries,
             image_evals=self.image_evals + other.image_evals,
             requests=self.requests + other.requests,
+            image_forwards=self.image_forwards + other.image_forwards,
         )
 
 
@@ -110,7 +133,17 @@ class AccountUsage(Usage):
 class LogitsRequest(_Body):
     image_set: str = Field(min_length=1, max_length=128, description="Id from POST /v1/image-sets.")
     class_names: list[str] = Field(min_length=1, description="Class names; class k's prompt is [SOS] ctx name. [EOT].")
-    prompts: Tensor = Field(description="Soft prompts, float tensor [P, m, width].")
+    prompts: Tensor = Field(
+        description="Soft text prompts, float tensor [P, m, width]. With visual_prompts its P may be 1: one text "
+        "prompt (e.g. the zero-shot one) for every visual candidate."
+    )
+    visual_prompts: Tensor | None = Field(
+        default=None,
+        description="Soft image-side prompts (VPT-shallow), float tensor [P, m_v, visual_width]: tokens put after "
+        "the class token, before the first block (after the stem's pre-norm; no positional embedding). Candidate p "
+        "pairs text prompt p with visual prompt p; either P may be 1 (shared by all candidates). Needs an image set "
+        "uploaded with visual: true; each candidate with its own visual prompt costs N image forwards.",
+    )
     indices: list[int] | None = Field(default=None, description="Images of the set to score; all when omitted.")
     labels: list[int] | None = Field(
         default=None, description="Class index per scored image; adds each candidate's cross-entropy and accuracy."

@@ -28,6 +28,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..prompt import w_norm
 from .base import Ask, Evaluation, Info, Optimizer, Request
 from .cma_search import CMAConfig, CMASearch
 from .config import LrScaling, option, require, scaled_rate
@@ -37,13 +38,12 @@ from .estimators import (
     cge_probes,
     es_gradient,
     gaussian_directions,
-    rge_gradient,
     require_resolvable_step,
+    rge_gradient,
     rge_probes,
     sharpness_shift,
 )
 from .masks import MaskKeep, MaskScore, mask_scores, select_mask
-from ..prompt import w_norm
 
 Phase = Literal["sharpness", "population", "val", "mask", "step"]
 
@@ -60,7 +60,9 @@ class SharpZOConfig(CMAConfig):
     shift_generations: int = option(
         10, "sharpness='es': ε* from the average of the last N generations' ES gradients (picked with rho: 1 or 10)"
     )
-    mask_generations: int = option(10, "sharpness='es': the mask from the average of the last N generations' ES gradients")
+    mask_generations: int = option(
+        10, "sharpness='es': the mask from the average of the last N generations' ES gradients",
+    )
     sharpness: Literal["cge", "es", "rge"] = option(
         "es",
         "source of ĝ for ε* and the mask scores: es (free: previous generation; chosen on groceries validation), "
@@ -80,12 +82,19 @@ class SharpZOConfig(CMAConfig):
     )
     patience: int = option(10, "auto switch: stage-1 iterations in a row without a val-accuracy improvement")
     min_delta: float = option(0.01, "auto switch: an improvement must beat the best val accuracy by more than this")
-    lr: float = option(25.0, "η, constant stage-2 learning rate in spreads²/loss (chosen on v1 validation; 50, 100 and 200 were no better on v2)")
+    lr: float = option(
+        25.0, "η, constant stage-2 learning rate in spreads²/loss (chosen on v1 validation; 50, 100 and 200 were no "
+        "better on v2)",
+    )
     mask_lr: Literal["same", "rescaled"] = option(
         "same", "same: η as dense ZO-SGD; rescaled: η·(d+2)/(k+2) for k kept coordinates (the RGE second-moment ratio)"
     )
-    rge_mu: float = option(1e-2, "μr, length in spreads of the stage-2 probes (directional derivatives within 5%: estimators.py)")
-    directions: int = option(1, "q: stage-2 random directions averaged per step, sent in one request (2q queries a step)")
+    rge_mu: float = option(
+        1e-2, "μr, length in spreads of the stage-2 probes (directional derivatives within 5%: estimators.py)",
+    )
+    directions: int = option(
+        1, "q: stage-2 random directions averaged per step, sent in one request (2q queries a step)",
+    )
     lr_scaling: LrScaling = option(
         "sqrt", "the stage-2 step with q directions is lr·√q (sqrt), lr·q (linear) or lr (none)"
     )
@@ -106,7 +115,7 @@ class SharpZOConfig(CMAConfig):
 
     def __post_init__(self) -> None:
         require(
-            self.rho_scale != "sigma",
+            str(self.rho_scale) != "sigma",  # a value older configs (checkpoints, presets) may still hold
             "rho_scale='sigma' scaled ε* by σ, not by the population radius σ·√d; use rho_scale='population' "
             "(ρ is then a fraction of σ·√d; the old ρ is ρ/√d of it)",
         )
@@ -157,11 +166,18 @@ class SharpZO(Optimizer[SharpZOConfig]):
 
     @property
     def solution(self) -> np.ndarray:
-        return self._descent.w.copy() if self._descent is not None else self._cma.mean
+        return self._descent.w.copy() if self._descent is not None else self._stage1.mean
 
     @property
     def stage(self) -> str:
         return "cma" if self._descent is None else "zo"
+
+    @property
+    def _stage1(self) -> CMASearch:
+        """Stage 1's search, which the switch to stage 2 drops."""
+        if self._cma is None:
+            raise RuntimeError("SharpZO is in stage 2: its CMA-ES search is gone")
+        return self._cma
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -171,16 +187,16 @@ class SharpZO(Optimizer[SharpZOConfig]):
     def _request(self) -> Request:
         c = self.config
         if self._phase == "sharpness":
-            theta = self._cma.mean
+            theta = self._stage1.mean
             if c.sharpness == "cge":
                 return Request(Ask(cge_probes(theta, w_norm(c.sharpness_mu, self.dim))), "sharpness")
             self._probe_directions = gaussian_directions(self.rng, c.sharpness_probes, self.dim)
             return Request(Ask(rge_probes(theta, c.sharpness_mu, self._probe_directions)), "sharpness")
         if self._phase == "population":
-            self._candidates = self._cma.sample()
+            self._candidates = self._stage1.sample()
             return Request(Ask(self._candidates + self._shift), "population")
         if self._phase == "val":
-            return Request(Ask(self._cma.mean[None, :], split="val"), "val")
+            return Request(Ask(self._stage1.mean[None, :], split="val"), "val")
         assert self._descent is not None
         if self._phase == "mask":
             return Request(Ask(cge_probes(self._descent.w, w_norm(c.mask_mu, self.dim))), "mask")
@@ -218,9 +234,9 @@ class SharpZO(Optimizer[SharpZOConfig]):
     def _absorb_population(self, loss: np.ndarray) -> None:
         c = self.config
         if c.sharpness == "es":
-            self._es_gradients.append(es_gradient(self._candidates, loss, self._cma.mean, self._cma.sigma))
+            self._es_gradients.append(es_gradient(self._candidates, loss, self._stage1.mean, self._stage1.sigma))
             del self._es_gradients[: -max(c.shift_generations, c.mask_generations)]
-        self._cma.update(loss)
+        self._stage1.update(loss)
         self.stage1_iterations += 1
         self.iteration += 1
         if self.config.auto_switch:
@@ -245,7 +261,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
 
     def _radius(self) -> float:
         """‖ε*‖ in w space: ρ spreads, or ρ·σ spreads (ρ times the population radius σ·√d)."""
-        length = self.config.rho * (1.0 if self.config.rho_scale == "absolute" else self._cma.sigma)
+        length = self.config.rho * (1.0 if self.config.rho_scale == "absolute" else self._stage1.sigma)
         return w_norm(length, self.dim)
 
     def _es_average(self, generations: int) -> np.ndarray | None:
@@ -273,7 +289,10 @@ class SharpZO(Optimizer[SharpZOConfig]):
         return (
             (c.switch_iterations is not None and self.stage1_iterations >= c.switch_iterations)
             or (c.switch_queries is not None and self.queries >= c.switch_queries)
-            or (c.switch_fraction is not None and self.budget is not None and self.queries >= c.switch_fraction * self.budget)
+            or (
+                c.switch_fraction is not None and self.budget is not None
+                and self.queries >= c.switch_fraction * self.budget
+            )
             or (c.auto_switch and self._val_stall >= c.patience)
         )
 
@@ -283,7 +302,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
         if c.mask_lr == "rescaled" and c.mask_fraction < 1.0:
             kept = max(1, int(c.mask_fraction * self.dim + 0.5))
             lr *= (self.dim + 2) / (kept + 2)
-        self._descent = RandomDirectionDescent(self._cma.mean, lr, c.rge_mu, c.directions, self.rng,
+        self._descent = RandomDirectionDescent(self._stage1.mean, lr, c.rge_mu, c.directions, self.rng,
                                                w_norm(c.sam_rho, self.dim), c.sam_beta)
         self._cma = None  # megabytes of covariance that every stage-2 checkpoint would otherwise carry
         if self._free_masks():
@@ -313,7 +332,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
             "stage2_steps": self.stage2_steps,
         }
         if self._descent is None:
-            info.update(sigma=self._cma.sigma, shift_norm=float(np.linalg.norm(self._shift)))
+            info.update(sigma=self._stage1.sigma, shift_norm=float(np.linalg.norm(self._shift)))
             if self.config.auto_switch:
                 info.update(val_best=float(self._val_best), val_stall=self._val_stall)
         else:

@@ -16,25 +16,31 @@ from .base import Ask, Evaluation, Info, Optimizer, Request
 from .config import LrScaling, OptimizerConfig, option, require, scaled_rate
 from .estimators import gaussian_directions, rademacher_directions, require_resolvable_step, rge_gradient, rge_probes
 
-
 GAIN_PAIRS = 5  # the pairs at which ``a`` was chosen
 
 
 @dataclass(frozen=True)
 class SPSAGCConfig(OptimizerConfig):
-    pairs: int = option(5, "two-sided perturbation pairs averaged per step, sent in one request (2·pairs queries a step)")
+    pairs: int = option(
+        5, "two-sided perturbation pairs averaged per step, sent in one request (2·pairs queries a step)",
+    )
     gain_scaling: LrScaling = option(
         "sqrt", f"a is the gain at {GAIN_PAIRS} pairs; with P pairs it is a·√(P/{GAIN_PAIRS}) (sqrt), "
         f"a·P/{GAIN_PAIRS} (linear) or a (none)",
     )
     perturbation: Literal["rademacher", "gaussian"] = option("rademacher", "distribution of the perturbation entries")
-    a: float = option(250.0, "learning-rate gain in spreads²/loss: a_k = a / (k + 1 + A)^alpha (chosen on groceries validation, bench/selection.py)")
+    a: float = option(
+        250.0, "learning-rate gain in spreads²/loss: a_k = a / (k + 1 + A)^alpha (chosen on groceries validation, "
+        "bench/selection.py)",
+    )
     A: float = option(50.0, "stability constant of the learning-rate schedule")
     alpha: float = option(0.602, "learning-rate decay exponent")
     c: float = option(5e-4, "perturbation length in spreads: c_k = c / (k + 1)^gamma (floor: estimators.py)")
     gamma: float = option(0.101, "perturbation decay exponent")
     momentum: float = option(0.9, "β of the gradient-corrected (look-ahead) momentum; 0 gives plain SPSA")
-    clip_norm: float | None = option(20.0, "clip the gradient estimate to this norm (loss per spread·√d); None disables clipping")
+    clip_norm: float | None = option(
+        20.0, "clip the gradient estimate to this norm (loss per spread·√d); None disables clipping",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

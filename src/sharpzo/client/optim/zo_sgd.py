@@ -14,8 +14,14 @@ from .estimators import require_resolvable_step
 
 @dataclass(frozen=True)
 class ZOSGDConfig(OptimizerConfig):
-    lr: float = option(100.0, "constant learning rate η of w ← w − η ĝ, in spreads²/loss (best groceries validation on v2, checked on 3 selection seeds: BENCHMARKS.md)")
-    mu: float = option(1e-2, "length μ in spreads of the probes w ± μ u, the smoothing radius (chosen with lr; floor: estimators.py)")
+    lr: float = option(
+        100.0, "constant learning rate η of w ← w − η ĝ, in spreads²/loss (best groceries validation on v2, checked "
+        "on 3 selection seeds: BENCHMARKS.md)",
+    )
+    mu: float = option(
+        1e-2, "length μ in spreads of the probes w ± μ u, the smoothing radius (chosen with lr; floor: "
+        "estimators.py)",
+    )
     directions: int = option(1, "q: random directions averaged per step, sent in one request (2q queries a step)")
     lr_scaling: LrScaling = option("sqrt", "the step with q directions is lr·√q (sqrt), lr·q (linear) or lr (none)")
 

@@ -11,11 +11,11 @@ import zlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sharpzo.shared.protocol import AccountUsage, Usage
 
-Row = tuple[object, ...]
+Row = tuple[Any, ...]  # as the driver returns it: the columns of each query are known to its caller
 Execute = Callable[[str, Sequence[object]], list[Row]]
 """Runs one statement with ``?`` placeholders; returns its rows (none for a statement without results)."""
 Clock = Callable[[], float]
@@ -49,6 +49,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS responses_by_age ON responses (created)",
         "CREATE TABLE IF NOT EXISTS image_sets (id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
     ),
+    ("ALTER TABLE usage ADD COLUMN image_forwards BIGINT NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Expired responses under other keys are deleted at most this often (a key's own expired one goes at once).
@@ -103,7 +104,10 @@ class Database(Protocol):
 
     location: str  # for messages: a path, or a URL without its password
     bytes_type: str
-    schema_lock: str | None  # a statement that serialises schema set-up across processes, if BEGIN does not
+
+    @property
+    def schema_lock(self) -> str | None:
+        """A statement that serialises schema set-up across processes, if BEGIN does not."""
 
     def run(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         """One statement in a transaction of its own."""
@@ -181,10 +185,13 @@ class Ledger:
 
     @staticmethod
     def _account_usage(rows: list[Row], quota: int | None) -> AccountUsage:
-        queries, image_evals, requests = rows[0] if rows else (0, 0, 0)
-        return AccountUsage(queries=queries, image_evals=image_evals, requests=requests, quota=quota)
+        queries, image_evals, requests, image_forwards = rows[0] if rows else (0, 0, 0, 0)
+        return AccountUsage(
+            queries=queries, image_evals=image_evals, requests=requests, image_forwards=image_forwards, quota=quota
+        )
 
-    _SELECT_USAGE = "SELECT queries, image_evals, requests FROM usage WHERE account = ?"
+    _USAGE_COLUMNS = "queries, image_evals, requests, image_forwards"
+    _SELECT_USAGE = f"SELECT {_USAGE_COLUMNS} FROM usage WHERE account = ?"
 
     def totals(self, account: str, quota: int | None) -> AccountUsage:
         return self._account_usage(self._db.run(self._SELECT_USAGE, (account,)), quota)
@@ -209,7 +216,8 @@ class Ledger:
             if key is not None:
                 # Takes the key unless it holds a live response; an expired one is overwritten.
                 taken = execute(
-                    "INSERT INTO responses (account, idempotency_key, fingerprint, body, created) VALUES (?, ?, ?, ?, ?) "
+                    "INSERT INTO responses (account, idempotency_key, fingerprint, body, created) "
+                    "VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (account, idempotency_key) DO UPDATE SET fingerprint = excluded.fingerprint, "
                     "body = excluded.body, created = excluded.created WHERE responses.created < ? RETURNING 1",
                     (account, key, fingerprint, zlib.compress(body, 1), now, now - window_s),
@@ -220,12 +228,15 @@ class Ledger:
             # On a fresh account the row is inserted without the WHERE, hence the first check.
             fits = quota is None or charge.queries <= quota
             rows = [] if not fits else execute(
-                "INSERT INTO usage (account, queries, image_evals, requests) VALUES (?, ?, ?, ?) "
+                f"INSERT INTO usage (account, {self._USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (account) DO UPDATE SET queries = usage.queries + excluded.queries, "
-                "image_evals = usage.image_evals + excluded.image_evals, requests = usage.requests + excluded.requests"
+                "image_evals = usage.image_evals + excluded.image_evals, "
+                "requests = usage.requests + excluded.requests, "
+                "image_forwards = usage.image_forwards + excluded.image_forwards"
                 + ("" if quota is None else " WHERE usage.queries + excluded.queries <= ?")
-                + " RETURNING queries, image_evals, requests",
-                (account, charge.queries, charge.image_evals, charge.requests, *(() if quota is None else (quota,))),
+                + f" RETURNING {self._USAGE_COLUMNS}",
+                (account, charge.queries, charge.image_evals, charge.requests, charge.image_forwards,
+                 *(() if quota is None else (quota,))),
             )
             if not rows:
                 raise QuotaExceeded(self._account_usage(execute(self._SELECT_USAGE, (account,)), quota))

@@ -20,7 +20,7 @@ def _info(image_set: ImageSet) -> ImageSetInfo:
 
 @router.post("", response_model=ImageSetInfo, responses=ERROR_RESPONSES)
 async def create_image_set(body: ImageSetRequest, caller: CallerDep, image_sets: ImageSetsDep) -> ImageSetInfo:
-    return _info(await image_sets.create(caller.account.name, body.images, body.augment, body.seed))
+    return _info(await image_sets.create(caller.account.name, body.images, body.augment, body.seed, body.visual))
 
 
 @router.post("/concat", response_model=ImageSetInfo, responses=ERROR_RESPONSES)
