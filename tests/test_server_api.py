@@ -79,7 +79,7 @@ def test_logits_shape_usage_and_scores(http, info, image_set) -> None:
     body = response.json()
     logits = Tensor(**body["logits"]).to_numpy()
     assert logits.shape == (3, 6, 3)
-    assert body["usage"] == {"queries": 3, "image_evals": 18, "requests": 1}
+    assert body["usage"] == {"queries": 3, "image_evals": 18, "requests": 1, "image_forwards": 0}
     # the server's cross-entropy and accuracy agree with its own logits
     shifted = logits - logits.max(-1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))

@@ -93,7 +93,7 @@ def test_keys_from_the_environment_and_a_file(server) -> None:
         with client(server, key) as http:
             assert http.get("/v1/model").status_code == 200
             usage = http.get("/v1/usage").json()
-            assert usage == {"queries": 0, "image_evals": 0, "requests": 0, "quota": quota}
+            assert usage == {"queries": 0, "image_evals": 0, "requests": 0, "image_forwards": 0, "quota": quota}
 
 
 def test_image_set_belongs_to_its_uploader(server) -> None:
@@ -124,7 +124,9 @@ def test_quota_refuses_a_request_that_does_not_fit_before_any_work(server) -> No
         assert refused.json()["code"] == "quota_exhausted"
         assert int(refused.headers["Retry-After"]) > 0
         assert refused.headers["X-Queries-Remaining"] == "2"
-        assert http.get("/v1/usage").json() == {"queries": 3, "image_evals": 9, "requests": 1, "quota": 5}
+        assert http.get("/v1/usage").json() == {
+            "queries": 3, "image_evals": 9, "requests": 1, "image_forwards": 0, "quota": 5
+        }
         last = http.post("/v1/logits", json=logits_body(set_id, 2))
         assert last.status_code == 200 and last.headers["X-Queries-Remaining"] == "0"
         assert http.post("/v1/logits", json=logits_body(set_id, 1)).status_code == 429
@@ -135,7 +137,7 @@ def test_usage_headers_on_every_response_and_usage_endpoint(server) -> None:
         before = http.get("/v1/usage").json()
         set_id = upload(http, seed=30, n=4)
         scored = http.post("/v1/logits", json=logits_body(set_id, 2))
-        assert scored.json()["usage"] == {"queries": 2, "image_evals": 8, "requests": 1}
+        assert scored.json()["usage"] == {"queries": 2, "image_evals": 8, "requests": 1, "image_forwards": 0}
         after = http.get("/v1/usage")
         assert after.json() == {**before, "queries": before["queries"] + 2, "image_evals": before["image_evals"] + 8,
                                 "requests": before["requests"] + 1}
@@ -186,7 +188,7 @@ def test_keys_cli_add_list_usage_revoke(server, ledger) -> None:
         assert listing.returncode == 0
         assert any(line.split()[:3] == ["dave", "7", "2"] for line in listing.stdout.splitlines())
         assert json.loads(keys_cli(ledger, "usage", "dave").stdout) == {
-            "name": "dave", "queries": 2, "image_evals": 6, "requests": 1, "quota": 7
+            "name": "dave", "queries": 2, "image_evals": 6, "requests": 1, "image_forwards": 0, "quota": 7
         }
         assert keys_cli(ledger, "add", "dave", "--quota", "1").returncode == 1  # names are never reused
         assert keys_cli(ledger, "revoke", "dave").returncode == 0

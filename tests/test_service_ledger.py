@@ -64,7 +64,7 @@ def test_ledger_and_idempotency_survive_stop_and_sigkill(ledger_setting: str) ->
             with ThreadPoolExecutor(4) as pool:  # retries racing the first try still charge once
                 raced = list(pool.map(lambda _: post(http, "/v1/logits", body(set_id, 2, seed=2), "k-race"), range(4)))
             assert len({r.content for r in raced}) == 1
-            assert usage(http) == {"queries": 5, "image_evals": 20, "requests": 2, "quota": 1000}
+            assert usage(http) == {"queries": 5, "image_evals": 20, "requests": 2, "image_forwards": 0, "quota": 1000}
     finally:
         server.stop()
 
@@ -86,7 +86,7 @@ def test_ledger_and_idempotency_survive_stop_and_sigkill(ledger_setting: str) ->
         with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
             replayed = post(http, "/v1/logits", body(set_id, 4, seed=3), "k2")
             assert replayed.content == second.content and json.loads(replayed.content)["usage"]["queries"] == 4
-            assert usage(http) == {"queries": 9, "image_evals": 36, "requests": 3, "quota": 1000}
+            assert usage(http) == {"queries": 9, "image_evals": 36, "requests": 3, "image_forwards": 0, "quota": 1000}
     finally:
         server.stop()
 
