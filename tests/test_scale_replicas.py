@@ -65,7 +65,7 @@ def test_a_set_uploaded_on_one_replica_is_scored_on_the_other(replicas: tuple[Te
     set_id = upload(a, "alice")  # B has not got it in memory: it loads the features from the shared store
     info = b.get(f"/v1/image-sets/{set_id}", headers=auth("alice"))
     assert info.status_code == 200, info.text
-    assert info.json() == {"id": set_id, "count": 3}
+    assert info.json() == {"id": set_id, "count": 3, "stem_spread": None}  # uploaded without visual: no stems
     scored_b, scored_a = score(b, "alice", set_id), score(a, "alice", set_id)
     assert scored_b.status_code == 200, scored_b.text
     assert scored_b.json()["loss"] == pytest.approx(scored_a.json()["loss"], rel=1e-5)

@@ -99,7 +99,7 @@ def test_keys_from_the_environment_and_a_file(server) -> None:
 def test_image_set_belongs_to_its_uploader(server) -> None:
     with client(server, KEYS["alice"]) as alice, client(server, KEYS["bob"]) as bob:
         set_id = upload(alice, seed=10)
-        assert alice.get(f"/v1/image-sets/{set_id}").json() == {"id": set_id, "count": 3}
+        assert alice.get(f"/v1/image-sets/{set_id}").json() == {"id": set_id, "count": 3, "stem_spread": None}
         assert alice.post("/v1/logits", json=logits_body(set_id, 1)).status_code == 200
         missing = bob.get(f"/v1/image-sets/{set_id}")
         assert missing.status_code == 404

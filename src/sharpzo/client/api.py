@@ -83,10 +83,12 @@ def should_retry(status: int, code: str | None) -> bool:
     return status >= 500 or status == 429
 
 
-def check_usage(charged: Usage, candidates: int, images: int | None) -> None:
-    """One request of ``candidates`` prompts on ``images`` images (None: not known here) must cost exactly that."""
+def check_usage(charged: Usage, candidates: int, images: int | None, visual: int = 0) -> None:
+    """One request of ``candidates`` prompts, ``visual`` visual prompts among them, on ``images`` images (None: not
+    known here) must cost exactly that: each visual prompt runs the image tower once per image."""
     evals = charged.image_evals if images is None else candidates * images
-    expected = Usage(queries=candidates, image_evals=evals, requests=1)
+    forwards = charged.image_forwards if images is None else visual * images
+    expected = Usage(queries=candidates, image_evals=evals, requests=1, image_forwards=forwards)
     if charged != expected:
         raise UsageMismatch(f"the server charged {charged!r} for a request the client counts as {expected!r}")
 
@@ -212,9 +214,13 @@ class ApiClient:
         response = await self._send("POST", "/token-embeddings", TokenEmbeddingsRequest(text=text))
         return TokenEmbeddingsResponse.model_validate_json(response.content).embeddings.to_numpy()
 
-    async def create_image_set(self, images: list[bytes], augment: bool = False, seed: int = 0) -> ImageSetInfo:
+    async def create_image_set(
+        self, images: list[bytes], augment: bool = False, seed: int = 0, visual: bool = False
+    ) -> ImageSetInfo:
+        """``visual``: the server keeps the images' patch stems too, which visual prompts need."""
         encoded = [base64.b64encode(b).decode("ascii") for b in images]
-        response = await self._send("POST", "/image-sets", ImageSetRequest(images=encoded, augment=augment, seed=seed))
+        body = ImageSetRequest(images=encoded, augment=augment, seed=seed, visual=visual)
+        response = await self._send("POST", "/image-sets", body)
         return ImageSetInfo.model_validate_json(response.content)
 
     async def concat_image_sets(self, parts: list[str]) -> ImageSetInfo:
@@ -243,29 +249,46 @@ class ApiClient:
         n_images: int | None = None,
         return_logits: bool = False,
         on_charge: Callable[[Usage], None] | None = None,
+        visual_prompts: np.ndarray | None = None,
     ) -> Scored:
         """Score P prompts [P, m, width] in requests of at most the server's ``max_candidates``.
 
+        With ``visual_prompts`` [P, m_v, visual width] candidate p is text prompt p under visual prompt p, and either
+        may be one prompt for all candidates; a request then also holds at most the server's
+        ``max_image_forwards_per_request`` image forwards (P x N).
         Each response's usage is checked against its request and then passed to ``on_charge``,
         as it arrives, so a population that fails part-way still reports what was charged.
         """
-        n_cand = int(prompts.shape[0])
-        limit = self.request_candidates or (await self.model_info()).limits.max_candidates
+        n_cand = max(len(prompts), 0 if visual_prompts is None else len(visual_prompts))
+        limits = (await self.model_info()).limits
+        limit = self.request_candidates or limits.max_candidates
         n_img = len(indices) if indices is not None else (len(labels) if labels is not None else n_images)
+        if visual_prompts is not None:
+            if n_img is None:
+                raise ValueError("visual prompts need the number of images scored: give labels, indices or n_images")
+            limit = min(limit, max(1, limits.max_image_forwards_per_request // n_img))
         label_list = None if labels is None else [int(y) for y in labels]
 
-        async def one(chunk: np.ndarray) -> LogitsResponse:
+        def part(tensor: np.ndarray, start: int) -> np.ndarray:
+            """A request's candidates of ``tensor``; one prompt for all goes whole to every request."""
+            return tensor if len(tensor) == 1 < n_cand else tensor[start : start + limit]
+
+        async def one(start: int) -> LogitsResponse:
+            text = part(prompts, start)
+            visual = None if visual_prompts is None else part(visual_prompts, start)
             body = LogitsRequest(
                 image_set=image_set,
                 class_names=class_names,
-                prompts=Tensor.from_numpy(chunk),
+                prompts=Tensor.from_numpy(text),
+                visual_prompts=None if visual is None else Tensor.from_numpy(visual),
                 indices=indices,
                 labels=label_list,
                 return_logits=return_logits or labels is None,
             )
             answer = await self._send("POST", "/logits", body)
             response = LogitsResponse.model_validate_json(answer.content)
-            check_usage(response.usage, len(chunk), n_img)
+            candidates = max(len(text), 0 if visual is None else len(visual))
+            check_usage(response.usage, candidates, n_img, 0 if visual is None else len(visual))
             self.exchanges.append(Exchange(answer.extensions[_SECONDS],
                                            server_seconds(answer.headers.get(SERVER_TIMING_HEADER)),
                                            response.usage.image_evals))
@@ -273,8 +296,7 @@ class ApiClient:
                 on_charge(response.usage)
             return response
 
-        chunks = [prompts[i : i + limit] for i in range(0, n_cand, limit)]
-        responses = await asyncio.gather(*(one(c) for c in chunks))
+        responses = await asyncio.gather(*(one(start) for start in range(0, n_cand, limit)))
         return Scored(
             loss=None if labels is None else np.concatenate([r.loss for r in responses]),
             accuracy=None if labels is None else np.concatenate([r.accuracy for r in responses]),

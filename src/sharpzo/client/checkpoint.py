@@ -39,12 +39,14 @@ class RunSpend:
     image_evals: int
     requests: int
     total_queries: int  # queries + monitor_queries, as the server charged them
+    image_forwards: int  # image-tower forwards of visual prompts, method and monitor: 0 for text prompts
 
     @classmethod
     def of(cls, max_queries: int, method_queries: int, charged: Usage) -> RunSpend:
         return cls(
             max_queries=max_queries, queries=method_queries, monitor_queries=charged.queries - method_queries,
             image_evals=charged.image_evals, requests=charged.requests, total_queries=charged.queries,
+            image_forwards=charged.image_forwards,
         )
 
 

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser(
         "tune",
         help="tune a soft prompt within a query budget",
-        description="Tune a soft text prompt for a labelled image set through the server's API alone. "
+        description="Tune a soft prompt (text, visual or both: --prompt) for a labelled image set through the "
+        "server's API alone. "
         "Returns the evaluated prompt (zero-shot, each --eval-every point, the final iterate) that is best on "
         "validation accuracy; a tie goes to the earlier, so zero-shot wins ties and a run never returns a prompt "
         "that validates worse than zero-shot. Writes a run directory with config.json, log.jsonl (one line per "
@@ -69,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "dataset's held-out evaluation set.")
     _add_source_args(evaluate)
     add_setting_flags(evaluate, ("shots", "seed", "server", "api_key", "ca_bundle"))
-    evaluate.add_argument("--prompt", type=Path, help="prompt.npz written by `sharpzo tune`; omit for zero-shot")
+    # dest differs from the tune setting `prompt` (the prompt kind), which settings_from_args would read
+    evaluate.add_argument("--prompt", type=Path, dest="prompt_file",
+                          help="prompt.npz written by `sharpzo tune`; omit for zero-shot")
 
     plot = sub.add_parser("plot", help="plot test accuracy against queries for run directories")
     plot.add_argument("runs", nargs="+", type=Path, help="run directories written by `sharpzo tune`")
@@ -117,8 +120,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     settings = settings_from_args(args)
     accuracy = asyncio.run(
-        evaluate_prompt(args.dataset, args.prompt, settings.server, settings.api_key, settings.shots, settings.seed,
-                        settings.ca_bundle)
+        evaluate_prompt(args.dataset, args.prompt_file, settings.server, settings.api_key, settings.shots,
+                        settings.seed, settings.ca_bundle)
     )
     print(json.dumps(accuracy))
 

@@ -1,5 +1,7 @@
 """Uploading a labelled split once as a server image set (large ones in chunks sent concurrently), and reusing it
-on later runs through the upload index."""
+on later runs through the upload index. Visual prompts need the set's patch stems on the server: such a split is
+uploaded with ``visual`` (again, if the known set has lost them, as a set read back from a server's disk cache
+has)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class RemoteSplit:
     set_id: str
     labels: np.ndarray
     hashes: list[str]
+    stem_spread: float | None = None  # the server's, for a set that keeps its patch stems (client/prompt.py)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -80,11 +83,6 @@ class UploadIndex:
         tmp.replace(self.path)
 
 
-# client/tune.py and client/evaluate.py (edited elsewhere) still say ImageSetCache and cache=: both names go once they
-# say UploadIndex and index=.
-ImageSetCache = UploadIndex
-
-
 def chunked(images: list[bytes], max_bytes: int = CHUNK_BYTES, max_images: int = CHUNK_IMAGES) -> list[list[bytes]]:
     """Consecutive chunks, each under ``max_bytes`` of base64 (a single larger image goes alone)."""
     chunks: list[list[bytes]] = [[]]
@@ -99,17 +97,19 @@ def chunked(images: list[bytes], max_bytes: int = CHUNK_BYTES, max_images: int =
     return chunks
 
 
-async def _upload(api: ApiClient, images: list[bytes], augment: bool, seed: int, label: str, progress: bool) -> str:
+async def _upload(
+    api: ApiClient, images: list[bytes], augment: bool, seed: int, visual: bool, label: str, progress: bool
+) -> str:
     limits = (await api.model_info()).limits
     # half the body limit leaves room for JSON around the base64
     chunks = chunked(images, min(CHUNK_BYTES, limits.max_body_bytes // 2), min(CHUNK_IMAGES, limits.max_images_per_set))
     if len(chunks) == 1:
-        return (await api.create_image_set(chunks[0], augment=augment, seed=seed)).id
+        return (await api.create_image_set(chunks[0], augment=augment, seed=seed, visual=visual)).id
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"uploading {label} images", total=len(images))
 
         async def part(chunk: list[bytes]) -> str:
-            uploaded = await api.create_image_set(chunk, augment=augment, seed=seed)
+            uploaded = await api.create_image_set(chunk, augment=augment, seed=seed, visual=visual)
             bar.advance(task, len(chunk))
             return uploaded.id
 
@@ -125,21 +125,23 @@ async def upload_split(
     index: UploadIndex | None = None,
     label: str = "",
     progress: bool = False,
-    cache: UploadIndex | None = None,
+    visual: bool = False,
 ) -> RemoteSplit:
-    index = index or cache
+    """``visual``: the set must keep its patch stems, for visual prompts."""
     hashes = images.hashes()
     key = image_set_key(hashes, augment, seed, scope=api.base_url)
     if index is not None:
         known = index.get(key)
         if known is not None:
             info = await api.image_set(known)
-            if info is not None and info.count == len(images):
-                return RemoteSplit(known, images.labels, hashes)
-    set_id = await _upload(api, [shrink(b) for b in images.images], augment, seed, label, progress)
+            if info is not None and info.count == len(images) and (info.stem_spread is not None or not visual):
+                return RemoteSplit(known, images.labels, hashes, info.stem_spread)
+    set_id = await _upload(api, [shrink(b) for b in images.images], augment, seed, visual, label, progress)
     info = await api.image_set(set_id)
     if info is None or info.count != len(images):
         raise RuntimeError(f"the server stored {None if info is None else info.count} images of {len(images)}")
+    if visual and info.stem_spread is None:
+        raise RuntimeError(f"the server kept no patch stems of image set {set_id}, which visual prompts need")
     if index is not None:
         index.put(key, set_id)
-    return RemoteSplit(set_id, images.labels, hashes)
+    return RemoteSplit(set_id, images.labels, hashes, info.stem_spread)

@@ -33,6 +33,15 @@ derived. alpha is kept as an explicit global multiplier of every length (at alph
 constant c means c * alpha spreads, and learning rates c * alpha**2): it exists for
 compatibility with runs and grids that set it, and 1 is the only value in which the
 options' help texts are literal.
+
+The image tower's spread. A visual prompt (client/prompt_map.py) is a set of tokens put beside
+the image's own tokens as the first block sees them: the stems (patch embedding, class token,
+positional embedding, pre-norm). So its unit is the spread of those patch tokens, which the
+client cannot compute: the server reports it per image set (``ImageSetInfo.stem_spread``, the
+std of the patch-token entries over the set's images) and the client takes the training set's
+for every split. It is measured on the stems rather than read off the weights because the
+tokens enter after the pre-norm, whose affine parameters (not the positional or patch
+embeddings) set their scale; the stems of real images are the scale the blocks were trained on.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import numpy as np
 
 DEFAULT_INIT_TEXT = "a photo of a"
 DEFAULT_ALPHA = 1.0
+TEXT_STREAM, VISUAL_STREAM = 0xA, 0xB  # the projections' random streams
 
 
 def embedding_length(delta_w: np.ndarray) -> float:
@@ -62,17 +72,23 @@ class PromptSpace:
     projection: np.ndarray  # [m * width, d] float32
     alpha: float
     seed: int
+    spread: float  # the embedding-space length of one spread: std(p0) unless given
 
     @classmethod
-    def create(cls, p0: np.ndarray, dim: int, seed: int, alpha: float = DEFAULT_ALPHA) -> PromptSpace:
+    def create(
+        cls, p0: np.ndarray, dim: int, seed: int, alpha: float = DEFAULT_ALPHA, spread: float | None = None,
+        stream: int = TEXT_STREAM,
+    ) -> PromptSpace:
+        """``stream`` keeps the projections of the two towers independent under one seed."""
         if p0.ndim != 2:
             raise ValueError(f"p0 must be [m, width], got shape {p0.shape}")
-        if dim < 1 or alpha <= 0:
-            raise ValueError(f"need dim >= 1 and alpha > 0, got dim={dim}, alpha={alpha}")
-        std = alpha * float(np.std(p0)) / np.sqrt(dim)
-        rng = np.random.default_rng([seed, 0xA])
-        projection = rng.normal(0.0, std, size=(p0.size, dim)).astype(np.float32)
-        return cls(p0.astype(np.float32), projection, alpha, seed)
+        unit = float(np.std(p0)) if spread is None else spread
+        if dim < 1 or alpha <= 0 or not unit > 0:
+            raise ValueError(f"need dim >= 1, alpha > 0 and a positive spread, got dim={dim}, alpha={alpha}, "
+                             f"spread={unit}")
+        rng = np.random.default_rng([seed, stream])
+        projection = rng.normal(0.0, alpha * unit / np.sqrt(dim), size=(p0.size, dim)).astype(np.float32)
+        return cls(p0.astype(np.float32), projection, alpha, seed, unit)
 
     @property
     def dim(self) -> int:
@@ -81,11 +97,6 @@ class PromptSpace:
     @property
     def m(self) -> int:
         return int(self.p0.shape[0])
-
-    @property
-    def spread(self) -> float:
-        """std(p0): the embedding-space length of one spread."""
-        return float(np.std(self.p0))
 
     def context_length(self, delta_w: np.ndarray) -> float:
         """The exact length in spreads of the context displacement A @ dw (RMS entry / std(p0))."""

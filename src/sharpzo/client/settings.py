@@ -19,6 +19,7 @@ from typing import Any, Literal
 from .latency import parse_directions
 from .optim import OPTIMIZERS
 from .prompt import DEFAULT_ALPHA, DEFAULT_INIT_TEXT
+from .prompt_map import PROMPT_KINDS, PromptKind, dims
 
 Role = Literal["run", "data", "session"]
 PRESETS_FILE = "presets.json"
@@ -41,7 +42,17 @@ class TuneSettings:
         "only", "run"
     )
     seed: int = setting(0, "seed of the few-shot draw, projection and optimiser", "run")
+    prompt: PromptKind = setting(
+        "text", "what w tunes: text (the context tokens), visual (VPT-shallow tokens of a ViT image tower, with the "
+        "zero-shot text prompt) or joint (both from one w; client/prompt_map.py)", "run", type=str,
+        choices=PROMPT_KINDS,
+    )
     dim: int = setting(512, "dimension d of the tuned vector w", "run")
+    visual_dim: int | None = setting(
+        None, "--prompt joint: the last N of the --dim coordinates drive the visual prompt, the rest the text prompt "
+        "(default dim // 2)", "run", metavar="N",
+    )
+    visual_tokens: int = setting(4, "m_v: visual prompt tokens, for --prompt visual and joint", "run")
     alpha: float = setting(DEFAULT_ALPHA, "projection scale in token-embedding spreads per unit of w", "run")
     init_text: str = setting(DEFAULT_INIT_TEXT, "text whose token embeddings are the initial prompt p0", "run")
     eval_every: int = setting(
@@ -104,10 +115,16 @@ class TuneSettings:
         if self.method not in OPTIMIZERS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(OPTIMIZERS)}")
         OPTIMIZERS[self.method].config_type.from_options(self.options, owner=self.method)
-        minimums = {"budget": 0, "eval_every": 0, "early_stop": 0, "dim": 1, "shots": 1, "concurrency": 1}
+        if self.prompt not in PROMPT_KINDS:
+            raise ValueError(f"unknown prompt {self.prompt!r}; choose one of {list(PROMPT_KINDS)}")
+        if self.visual_dim is not None and self.prompt != "joint":
+            raise ValueError(f"visual_dim splits w for --prompt joint; this run tunes {self.prompt} prompts")
+        minimums = {"budget": 0, "eval_every": 0, "early_stop": 0, "dim": 1, "shots": 1, "concurrency": 1,
+                    "visual_tokens": 1}
         for name, least in minimums.items():
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
+        dims(self.prompt, self.dim, self.visual_dim)
         if self.directions is not None:
             parse_directions(self.directions)
         if not self.timeout > 0:

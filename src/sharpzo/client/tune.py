@@ -1,13 +1,16 @@
 """One tuning run: the optimiser's loop against the API, with logs, checkpoints, resume and the no-regret choice.
 
 Run directory:
-  config.json    the run's settings, task (classes, image hashes per split, seed) and the server's model
+  config.json    the run's settings, its prompt space (``prompt_space``: the kind, the split of d between the
+                 towers, their spreads; client/prompt_map.py), task (classes, image hashes per split, seed) and
+                 the server's model
   log.jsonl      one line per optimiser iteration (queries, loss, accuracies, stage, wall time), one per
                  evaluation of a prompt on validation and test (stage zero-shot, monitor or final)
   checkpoint.pkl the optimiser (with its RNG and CMA state), what the server charged, the best prompt on
                  validation so far and the loop state
-  prompt.npz     the returned context vectors, their w (``final_w``: the optimiser's last iterate), p0 and
-                 the projection's seed and alpha
+  prompt.npz     the returned context vectors (and ``visual_ctx``, the visual prompt tokens of a visual or joint
+                 run that returns a tuned prompt), their w (``final_w``: the optimiser's last iterate), p0, the
+                 prompt kind and the projection's seed and alpha
   result.json    the returned prompt's accuracies and which it is (``selected``), zero-shot's and the final
                  iterate's, what was spent (``budget``: ``RunSpend``), wall time
 
@@ -36,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sharpzo.data.base import FewShotTask
+from sharpzo.shared.protocol import ModelInfo
 
 from .api import ApiClient, ApiRequestError, Scored
 from .checkpoint import (
@@ -53,7 +57,7 @@ from .image_sets import RemoteSplit, UploadIndex, upload_split
 from .latency import resolve_options
 from .optim import Evaluation, build_optimizer
 from .progress import TuneProgress
-from .prompt import PromptSpace
+from .prompt_map import PromptMap, Prompts, needs_stems
 from .settings import TuneSettings
 from .sharpness import SharpnessProbe
 
@@ -80,12 +84,13 @@ class TuneResult:
     w: np.ndarray = field(repr=False)
     ctx: np.ndarray = field(repr=False)
     sharpness: dict[str, dict[str, float]] = field(default_factory=dict)  # with --probe-sharpness: switch, final
+    visual_ctx: np.ndarray | None = field(default=None, repr=False)  # [m_v, visual width]; None: no visual prompt
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(run_dir=str(self.run_dir))
-        out.pop("w")
-        out.pop("ctx")
+        for name in ("w", "ctx", "visual_ctx"):
+            out.pop(name)
         return out
 
 
@@ -110,18 +115,38 @@ async def upload_task(api: ApiClient, task: FewShotTask, settings: TuneSettings,
     for name in ("train", "val", "test"):
         splits[name] = await upload_split(
             api, getattr(task, name), augment=settings.augment and name == "train",
-            seed=settings.seed, index=index, label=name, progress=progress,
+            seed=settings.seed, index=index, label=name, progress=progress, visual=needs_stems(settings.prompt),
         )
     return RemoteTask(task.class_names, **splits)
+
+
+def require_visual(model: ModelInfo, settings: TuneSettings) -> None:
+    """A visual or joint run needs a server whose image tower takes its visual tokens: refused before any upload."""
+    took = model.limits.max_visual_tokens if model.visual_prompts else 0
+    if needs_stems(settings.prompt) and settings.visual_tokens > took:
+        raise ValueError(
+            f"--prompt {settings.prompt} needs {settings.visual_tokens} visual prompt tokens; the server's model "
+            f"{model.name} takes {took or 'none'} (GET /v1/model: visual_prompts, limits.max_visual_tokens)"
+        )
+
+
+async def prompt_map(api: ApiClient, settings: TuneSettings, remote: RemoteTask) -> PromptMap:
+    """The run's prompt space; a visual kind's unit is the training set's stem spread (client/prompt.py)."""
+    s, model = settings, await api.model_info()
+    p0 = await api.token_embeddings(s.init_text)
+    return PromptMap.create(
+        s.prompt, p0, s.dim, s.seed, s.alpha, visual_dim=s.visual_dim, visual_tokens=s.visual_tokens,
+        visual_width=model.visual_width, visual_spread=remote.train.stem_spread,
+    )
 
 
 class Scorer:
     """A prepared session: the prompt space and the task's image sets on the server; every charge goes to ``meter``."""
 
-    def __init__(self, api: ApiClient, task: FewShotTask, settings: TuneSettings, space: PromptSpace,
+    def __init__(self, api: ApiClient, task: FewShotTask, settings: TuneSettings, prompts: PromptMap,
                  remote: RemoteTask, meter: Meter, progress: bool) -> None:
         self.api, self.task, self.settings, self.progress = api, task, settings, progress
-        self.space = space
+        self.prompts = prompts
         self.remote = remote
         self.meter = meter
 
@@ -129,31 +154,39 @@ class Scorer:
     async def prepare(
         cls, api: ApiClient, task: FewShotTask, settings: TuneSettings, meter: Meter, progress: bool
     ) -> Scorer:
-        p0 = await api.token_embeddings(settings.init_text)
-        space = PromptSpace.create(p0, settings.dim, settings.seed, settings.alpha)
-        return cls(api, task, settings, space, await upload_task(api, task, settings, progress), meter, progress)
+        require_visual(await api.model_info(), settings)
+        remote = await upload_task(api, task, settings, progress)
+        return cls(api, task, settings, await prompt_map(api, settings, remote), remote, meter, progress)
 
     async def evaluate(self, points: np.ndarray, split: str) -> Evaluation:
-        ctx = self.space.ctx(points)
+        return await self.score(self.prompts.prompts(points), split)
+
+    async def score(self, prompts: Prompts, split: str) -> Evaluation:
         try:
-            return await self._score(ctx, split)
+            return await self._score(prompts, split)
         except ApiRequestError as exc:
             if exc.status != 404:
                 raise
             # a restarted server that kept no image sets: upload again, once
             self.remote = await upload_task(self.api, self.task, self.settings, self.progress)
-            return await self._score(ctx, split)
+            return await self._score(prompts, split)
 
-    async def _score(self, ctx: np.ndarray, split: str) -> Evaluation:
+    async def _score(self, prompts: Prompts, split: str) -> Evaluation:
         remote: RemoteSplit = getattr(self.remote, split)
         scored = await self.api.score(
-            remote.set_id, self.remote.class_names, ctx, labels=remote.labels, on_charge=self.meter.add
+            remote.set_id, self.remote.class_names, prompts.text, labels=remote.labels, on_charge=self.meter.add,
+            visual_prompts=prompts.visual,
         )
         return labelled(scored)
 
+    def prompt_of(self, point: MonitorPoint, kind: Kind) -> Prompts:
+        """The prompt evaluated at ``point``: the zero-shot one for the zero-shot (client/prompt_map.py), else w's."""
+        return self.prompts.zero_shot() if kind == "zero-shot" else self.prompts.prompts(point.w)
+
     async def score_point(self, point: MonitorPoint, kind: Kind) -> Evaluated:
         """Validation and test accuracy of ``point``'s prompt, both requests at once; charged as monitor queries."""
-        val, test = await asyncio.gather(self.evaluate(point.w[None], "val"), self.evaluate(point.w[None], "test"))
+        prompts = self.prompt_of(point, kind)
+        val, test = await asyncio.gather(self.score(prompts, "val"), self.score(prompts, "test"))
         return Evaluated(kind, point, float(val.accuracy[0]), float(test.accuracy[0]), float(val.loss[0]))
 
     async def sharpness(self, w: np.ndarray) -> dict[str, float]:
@@ -230,7 +263,7 @@ class Tuner:
         state = resumed if resumed is not None else await self._start(scorer)
         await self._train(scorer, state)
         final = await self._final(scorer, state)
-        return self._finish(scorer.space, state, final)
+        return self._finish(scorer, state, final)
 
     def _resumed(self) -> LoopState:
         """The checkpoint's state, with the log trimmed to it: an unreadable checkpoint costs no upload."""
@@ -240,7 +273,8 @@ class Tuner:
 
     async def _start(self, scorer: Scorer) -> LoopState:
         model = (await self.api.model_info()).model_dump()
-        self._write_config(model)
+        space = scorer.prompts.record()
+        self._write_config(model, space)
         (self.run_dir / "log.jsonl").write_text("")
         s = self.settings
         zero_shot = await scorer.score_point(MonitorPoint(np.zeros(s.dim), 0, 0, 0), "zero-shot")
@@ -248,7 +282,7 @@ class Tuner:
         options, choice = resolve_options(s.method, s.directions, s.options, list(self.api.exchanges),
                                           len(self.task.train))
         if choice is not None:
-            self._write_config(model, choice.record())
+            self._write_config(model, space, choice.record())
         optimizer = build_optimizer(s.method, s.dim, s.seed, budget=s.budget, **options)
         state = LoopState(optimizer, scorer.meter, zero_shot=zero_shot, best=zero_shot, next_eval=s.eval_every)
         self._log(state, {"stage": "zero-shot", **zero_shot.scores()}, zero_shot.point)
@@ -310,10 +344,14 @@ class Tuner:
         self._save(state)
         return evaluated
 
-    def _write_config(self, model: dict[str, Any], directions: dict[str, Any] | None = None) -> None:
-        """config.json; ``directions``: the automatic choice of q and what it was made from."""
+    def _write_config(
+        self, model: dict[str, Any], space: dict[str, Any], directions: dict[str, Any] | None = None
+    ) -> None:
+        """config.json; ``space``: the prompt kind and the split of d (PromptMap.record); ``directions``: the
+        automatic choice of q and what it was made from."""
         config = {
             "settings": self.settings.run_settings(),
+            "prompt_space": space,
             **({} if directions is None else {"directions_chosen": directions}),
             "server": self.api.base_url,
             "model": model,
@@ -344,13 +382,16 @@ class Tuner:
         with open(self.run_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(line) + "\n")
 
-    def _finish(self, space: PromptSpace, state: LoopState, final: Evaluated) -> TuneResult:
+    def _finish(self, scorer: Scorer, state: LoopState, final: Evaluated) -> TuneResult:
         best = state.best
         w = best.point.w
-        ctx = space.ctx(w)[0]
+        returned = scorer.prompt_of(best.point, best.kind)
+        ctx, visual_ctx = returned.text[0], None if returned.visual is None else returned.visual[0]
+        s = self.settings
         np.savez(
-            self.run_dir / "prompt.npz", ctx=ctx, w=w, final_w=final.point.w, p0=space.p0, alpha=space.alpha,
-            seed=space.seed, class_names=np.array(self.task.class_names),
+            self.run_dir / "prompt.npz", ctx=ctx, w=w, final_w=final.point.w, p0=scorer.prompts.p0, alpha=s.alpha,
+            seed=s.seed, class_names=np.array(self.task.class_names), prompt=s.prompt,
+            **({} if visual_ctx is None else {"visual_ctx": visual_ctx}),
         )
         result = TuneResult(
             run_dir=self.run_dir,
@@ -369,6 +410,7 @@ class Tuner:
             w=w,
             ctx=ctx,
             sharpness=state.sharpness,
+            visual_ctx=visual_ctx,
         )
         (self.run_dir / "result.json").write_text(json.dumps(result.summary(), indent=1))
         return result

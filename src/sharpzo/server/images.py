@@ -43,6 +43,11 @@ class ImageSet:
     def count(self) -> int:
         return int(self.features.shape[0])
 
+    @property
+    def stem_spread(self) -> float | None:
+        """Std of the stems' patch-token entries (the class token left out); None without stems."""
+        return None if self.stems is None else float(self.stems[:, 1:].float().std())
+
 
 def _image_bytes(images: list[str]) -> list[bytes]:
     """The uploaded images' encoded bytes (the wire carries them in base64)."""

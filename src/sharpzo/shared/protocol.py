@@ -96,6 +96,12 @@ class ImageSetConcatRequest(_Body):
 class ImageSetInfo(BaseModel):
     id: str = Field(description="Content-derived id: the same images and options give the same id.")
     count: int = Field(description="Number of images in the set.")
+    stem_spread: float | None = Field(
+        default=None,
+        description="Std of the entries of the set's patch tokens as the image tower's first block sees them (the "
+        "stems): the length unit of visual prompts. Null when the set keeps no stems (uploaded without visual: true, "
+        "or read back from the disk cache or shared store).",
+    )
 
 
 class Usage(BaseModel):

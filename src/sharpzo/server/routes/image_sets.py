@@ -15,7 +15,7 @@ router = APIRouter(prefix=f"{API_PREFIX}/image-sets")
 
 
 def _info(image_set: ImageSet) -> ImageSetInfo:
-    return ImageSetInfo(id=image_set.id, count=image_set.count)
+    return ImageSetInfo(id=image_set.id, count=image_set.count, stem_spread=image_set.stem_spread)
 
 
 @router.post("", response_model=ImageSetInfo, responses=ERROR_RESPONSES)
