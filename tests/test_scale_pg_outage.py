@@ -70,7 +70,8 @@ def outage_with_requests_in_flight(postgres_server: PostgresServer, postgres_url
         held: set[int] = set()
         deadline = time.monotonic() + 300
         while len(held) < RUNS:
-            assert all(t.poll() is None for t in tunes), "a run ended before the outages were done"
+            ended = [t for t in tunes if t.poll() is not None]
+            assert not ended, f"a run ended before the outages were done:\n{ended[0].communicate()[0] if ended else ''}"
             charged = {run: charged_queries(url, KEYS[run]) for run in set(range(RUNS)) - held}
             for run, queries in charged.items():
                 if queries >= target:
