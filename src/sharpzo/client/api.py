@@ -150,7 +150,9 @@ class ApiClient:
         await self._http.aclose()
 
     async def _encode(self, body: BaseModel) -> tuple[bytes, dict[str, str]]:
-        content = body.model_dump_json().encode()
+        # fields at their defaults are left out: the server fills in the same, and a server older than a field
+        # (visual_prompts, visual) still takes a body that does not use it
+        content = body.model_dump_json(exclude_defaults=True).encode()
         big = self.compress and len(content) >= COMPRESS_MIN_BYTES
         if big and "gzip" in (await self.model_info()).request_encodings:
             return gzip.compress(content, 1, mtime=0), {**_JSON, "Content-Encoding": "gzip"}
