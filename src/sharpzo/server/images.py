@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -43,7 +44,7 @@ class ImageSet:
     def count(self) -> int:
         return int(self.features.shape[0])
 
-    @property
+    @cached_property  # a pass over every stem entry, which each GET of the set asks for: computed once
     def stem_spread(self) -> float | None:
         """Std of the stems' patch-token entries (the class token left out); None without stems."""
         return None if self.stems is None else float(self.stems[:, 1:].float().std())
