@@ -291,7 +291,7 @@ print(b["queries"], b["max_queries"], b["monitor_queries"], b["total_queries"])'
 echo "queries $queries / budget $max_queries, monitor queries $monitor, total $total"
 [ "$max_queries" = "$BUDGET" ] || fail "result.json says budget $max_queries, expected $BUDGET"
 [ "$queries" -gt 0 ] && [ "$queries" -le "$BUDGET" ] || fail "queries $queries not within (0, $BUDGET]"
-grep -Eq "$queries / $BUDGET" "$WORK/tune.log" || fail "the tune log does not show '$queries / $BUDGET'"
+grep -Eq "(^|[^0-9])$queries ?/ ?$BUDGET([^0-9]|$)" "$WORK/tune.log" || fail "the tune log does not show $queries/$BUDGET queries"
 
 if [ "$SCALE" = 1 ]; then
     step "check that every replica answered the job (Ray Serve's per-replica logs, from the stopped server)"
