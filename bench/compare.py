@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reach-of", action="append", default=[],
                         help="also report queries to reach this config's final mean accuracy (repeatable)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 5000, 20000], help="table columns")
-    parser.add_argument("--coop", type=Path, help="bench/coop.py output, drawn as the white-box reference")
+    parser.add_argument("--whitebox", type=Path, help="bench/whitebox.py output, drawn as the white-box reference")
     parser.add_argument("--equivalence", type=float, metavar="POINTS",
                         help="also test each pair against --reference for equivalence within ±POINTS (TOST, 5%%)")
     parser.add_argument("--parallel", type=int, default=3, help="runs in flight at once")
@@ -97,9 +97,11 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
     finals = {name: np.array([final_budget(r)["test_accuracy"] for r in dirs]) for name, dirs in runs.items()}
     zero_shot = np.mean([final_budget(r)["zero_shot_test_accuracy"] for dirs in runs.values() for r in dirs])
     references = {f"zero-shot {zero_shot:.1%}": zero_shot}
-    if args.coop and args.coop.exists():
-        coop = json.loads(args.coop.read_text())["coop_test_mean"]
-        references[f"white-box CoOp {coop:.1%} (backprop, server side)"] = coop
+    if args.whitebox and args.whitebox.exists():
+        whitebox = json.loads(args.whitebox.read_text())
+        label = {"text": "CoOp", "visual": "VPT-shallow", "joint": "CoOp + VPT"}[whitebox.get("prompt", "text")]
+        accuracy = whitebox["tuned_test_mean"]
+        references[f"white-box {label} {accuracy:.1%} (backprop, server side)"] = accuracy
     out = args.out / args.dataset
     plot_curves(curves, grid, out / "curves.png", f"{args.dataset} {args.shots}-shot, seeds {args.seeds}", references)
 
@@ -177,10 +179,7 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
         f"### {args.dataset}, {args.shots}-shot, seeds {args.seeds}, budget {args.budget}",
         f"Zero-shot test accuracy: {zero_shot:.1%}. " + model_line(runs),
         table, reach, paired, *([equivalence] if equivalence else []), sharpness,
-        "Configs: " + "; ".join(
-            f"`{c.name}` = {c.method} {json.dumps(c.options)}" + (f" alpha={c.alpha}" if c.alpha else "")
-            for c in args.config
-        ),
+        "Configs: " + "; ".join(c.describe() for c in args.config),
     ])
     (out / "summary.md").write_text(text + "\n")
     (out / "summary.json").write_text(json.dumps({

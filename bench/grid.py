@@ -10,30 +10,35 @@ from typing import Any
 
 from sharpzo.client.runner import connect, tune_async
 
+# Options of the run itself rather than of its optimiser (see TuneSettings), e.g. prompt=\"joint\".
+RUN_SETTINGS = frozenset({"alpha", "dim", "prompt", "visual_dim", "visual_tokens", "directions"})
+
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A named method configuration: ``name=method[:option=value,...]`` on the command line."""
+    """A named configuration: ``name=method[:option=value,...]`` on the command line. An option named in
+    RUN_SETTINGS sets the run (``settings``); any other is the optimiser's (``options``)."""
 
     name: str
     method: str
     options: dict[str, Any] = field(default_factory=dict)
-    alpha: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> RunConfig:
         name, _, spec = text.partition("=")
         method, _, rest = (spec or name).partition(":")
         options: dict[str, Any] = {}
-        alpha = None
+        settings: dict[str, Any] = {}
         for item in filter(None, rest.split(",")):
             key, _, raw = item.partition("=")
             value = json.loads(raw) if raw not in ("", "None") else None
-            if key == "alpha":
-                alpha = float(value)
-            else:
-                options[key] = value
-        return cls(name, method, options, alpha)
+            (settings if key in RUN_SETTINGS else options)[key] = value
+        return cls(name, method, options, settings)
+
+    def describe(self) -> str:
+        settings = "".join(f" {key}={value}" for key, value in self.settings.items())
+        return f"`{self.name}` = {self.method} {json.dumps(self.options)}{settings}"
 
 
 async def run_grid(
@@ -57,11 +62,10 @@ async def run_grid(
             if (run_dir / "result.json").exists():
                 return run_dir
             async with gate:
-                extra = {} if config.alpha is None else {"alpha": config.alpha}
                 result = await tune_async(
                     dataset, server=url, method=config.method, budget=budget, shots=shots, seed=seed, out=run_dir,
                     resume=True, progress=False, eval_every=eval_every, probe_sharpness=True, options=config.options,
-                    **extra,
+                    **config.settings,
                 )
                 print(f"{dataset} {config.name} seed {seed}: test {result.test_accuracy:.1%} "
                       f"(zero-shot {result.zero_shot_test_accuracy:.1%}), {result.queries} queries, "

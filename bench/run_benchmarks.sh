@@ -34,8 +34,8 @@ fi
 
 # 2. White-box CoOp (server side, backprop): the headroom above zero-shot.
 if [[ $stage == coop || $stage == all ]]; then
-  $PY bench/coop.py --dataset groceries --seeds 0 1 2 --threads 1 --out $R/coop-groceries.json
-  $PY bench/coop.py --dataset fashion-mnist --seeds 0 1 2 --threads 1 --out $R/coop-fashion-mnist.json
+  $PY bench/whitebox.py --dataset groceries --seeds 0 1 2 --threads 1 --out $R/coop-groceries.json
+  $PY bench/whitebox.py --dataset fashion-mnist --seeds 0 1 2 --threads 1 --out $R/coop-fashion-mnist.json
 fi
 
 # The embedded servers ran with one torch thread (2 shared cores; see BENCHMARKS.md "Why 1 thread").
@@ -48,14 +48,14 @@ if [[ $stage == groceries || $stage == all ]]; then
   $PY bench/compare.py --dataset groceries --seeds 0 1 2 --budget 3000 --eval-every 250 --budgets 1000 2000 3000 \
     --parallel 9 --config "sharpzo=sharpzo:$SZ" --config "sharpzo-es=sharpzo:$SZES" \
     --config bbt=bbt:sigma0=3.0 --config zo-sgd=zo-sgd:lr=100 --config spsa-gc=spsa-gc:a=1000 \
-    --reference sharpzo-es --reach-of sharpzo --reach-of zo-sgd --coop $R/coop-groceries.json --out $R/compare
+    --reference sharpzo-es --reach-of sharpzo --reach-of zo-sgd --whitebox $R/coop-groceries.json --out $R/compare
 fi
 # fashion-mnist: 1500 queries a run (compute), hyperparameters from the groceries selection, switch at a third.
 if [[ $stage == fashion-mnist || $stage == all ]]; then
   $PY bench/compare.py --dataset fashion-mnist --seeds 0 1 2 --budget 1500 --eval-every 250 --budgets 500 1000 1500 \
     --parallel 12 --config 'sharpzo-es=sharpzo:sharpness="es",switch_queries=500,lr=100,sigma0=3.0' \
     --config bbt=bbt:sigma0=3.0 --config zo-sgd=zo-sgd:lr=100 --config spsa-gc=spsa-gc:a=1000 \
-    --coop $R/coop-fashion-mnist.json --out $R/compare
+    --whitebox $R/coop-fashion-mnist.json --out $R/compare
 fi
 
 # 4. Ablations on groceries, seeds 0 1 2, 3000 queries, around the query-efficient SharpZO (base = the sharpzo-es runs).
@@ -82,7 +82,7 @@ if [[ $stage == groceries-20k || $stage == all ]]; then
     --config 'sharpzo=sharpzo:sharpness="cge",switch_queries=6667,lr=100,sigma0=3.0' \
     --config 'sharpzo-es=sharpzo:sharpness="es",switch_queries=6667,lr=100,sigma0=3.0' \
     --config bbt=bbt:sigma0=3.0 --config zo-sgd=zo-sgd:lr=100 --config spsa-gc=spsa-gc:a=1000 \
-    --reference sharpzo --reference sharpzo-es --reach-of sharpzo --reach-of zo-sgd --coop $R/coop-groceries.json --out $R/compare20k
+    --reference sharpzo --reference sharpzo-es --reach-of sharpzo --reach-of zo-sgd --whitebox $R/coop-groceries.json --out $R/compare20k
 fi
 # fashion-mnist at 20K queries a run, the same configs (hyperparameters from the groceries selection).
 if [[ $stage == fashion-mnist-20k || $stage == all ]]; then
@@ -91,5 +91,5 @@ if [[ $stage == fashion-mnist-20k || $stage == all ]]; then
     --config 'sharpzo=sharpzo:sharpness="cge",switch_queries=6667,lr=100,sigma0=3.0' \
     --config 'sharpzo-es=sharpzo:sharpness="es",switch_queries=6667,lr=100,sigma0=3.0' \
     --config bbt=bbt:sigma0=3.0 --config zo-sgd=zo-sgd:lr=100 --config spsa-gc=spsa-gc:a=1000 \
-    --reference sharpzo --reference sharpzo-es --reach-of sharpzo --reach-of zo-sgd --coop $R/coop-fashion-mnist.json --out $R/compare20k
+    --reference sharpzo --reference sharpzo-es --reach-of sharpzo --reach-of zo-sgd --whitebox $R/coop-fashion-mnist.json --out $R/compare20k
 fi

@@ -37,7 +37,7 @@ fi
 if [[ $stage == groceries-20k || $stage == all ]]; then
   $PY bench/compare.py --dataset groceries --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
     --config sharpzo=sharpzo --config zo-sgd=zo-sgd --reference sharpzo --reach-of sharpzo --reach-of zo-sgd \
-    --budgets 1000 3000 6000 10000 20000 --coop $R/coop-groceries-v2-sweep.json --parallel 4 --out $R/compare20k-v2
+    --budgets 1000 3000 6000 10000 20000 --whitebox $R/coop-groceries-v2-sweep.json --parallel 4 --out $R/compare20k-v2
 fi
 
 # The paper's version (coordinate-wise sharpness and mask, rho 1% of the population radius: --preset sharpzo-paper)
@@ -45,7 +45,7 @@ fi
 if [[ $stage == paper-20k || $stage == all ]]; then
   $PY bench/compare.py --dataset groceries --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
     --config 'sharpzo-paper=sharpzo:sharpness="cge",rho=0.01' --reach-of sharpzo-paper \
-    --budgets 1000 3000 6000 10000 20000 --coop $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-paper
+    --budgets 1000 3000 6000 10000 20000 --whitebox $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-paper
 fi
 
 # The other peers at their defaults (BBT's sigma0 as checked on v2 validation; SPSA-GC's a and c as chosen on v1),
@@ -53,7 +53,7 @@ fi
 if [[ $stage == peers-20k || $stage == all ]]; then
   $PY bench/compare.py --dataset groceries --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
     --config bbt=bbt --config spsa-gc=spsa-gc --reach-of bbt --reach-of spsa-gc \
-    --budgets 1000 3000 6000 10000 20000 --coop $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-peers
+    --budgets 1000 3000 6000 10000 20000 --whitebox $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-peers
 fi
 
 # SPSA-GC's a (spreads²/loss) and c (spreads) on the VALIDATION set, with the selection budget the two sweeps
@@ -74,7 +74,7 @@ if [[ $stage == fashion-20k || $stage == all ]]; then
     --config sharpzo=sharpzo --config 'sharpzo-paper=sharpzo:sharpness="cge",rho=0.01' --config zo-sgd=zo-sgd \
     --config bbt=bbt --config spsa-gc=spsa-gc --reference sharpzo --reference sharpzo-paper \
     --reach-of sharpzo --reach-of sharpzo-paper --reach-of zo-sgd \
-    --budgets 1000 3000 6000 10000 20000 --coop $R/coop-fashion-mnist-v2-sweep.json --parallel 5 --out $R/compare20k-v2
+    --budgets 1000 3000 6000 10000 20000 --whitebox $R/coop-fashion-mnist-v2-sweep.json --parallel 5 --out $R/compare20k-v2
 fi
 
 # The three peers on fashion-mnist at 20K (fashion-20k above finished only the two SharpZO versions in its
@@ -82,7 +82,7 @@ fi
 if [[ $stage == fashion-peers-20k || $stage == all ]]; then
   $PY bench/compare.py --dataset fashion-mnist --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
     --config zo-sgd=zo-sgd --config bbt=bbt --config spsa-gc=spsa-gc --reach-of zo-sgd --reach-of bbt --reach-of spsa-gc \
-    --budgets 1000 3000 6000 10000 20000 --coop $R/coop-fashion-mnist-v2-sweep.json --parallel 15 --out $R/compare20k-v2-peers
+    --budgets 1000 3000 6000 10000 20000 --whitebox $R/coop-fashion-mnist-v2-sweep.json --parallel 15 --out $R/compare20k-v2-peers
 fi
 
 # The sharpness that SharpZO claims to reduce, measured at the stage switch and at the end of each run (result.json,
@@ -92,7 +92,7 @@ if [[ $stage == ablations-sharpness || $stage == all ]]; then
   $PY bench/compare.py --dataset groceries --seeds 0 1 2 3 4 --budget 3000 --eval-every 500 --budgets 1000 2000 3000 \
     --config sharpzo=sharpzo --config rho0=sharpzo:rho=0 --config mask-dense=sharpzo:mask_fraction=1.0 \
     --config 'sharpzo-paper=sharpzo:sharpness="cge",rho=0.01' --config bbt=bbt --config zo-sgd=zo-sgd \
-    --reference sharpzo --coop $R/coop-groceries-v2-sweep.json --parallel 10 --out $R/ablations-v2
+    --reference sharpzo --whitebox $R/coop-groceries-v2-sweep.json --parallel 10 --out $R/ablations-v2
 fi
 
 # The groceries-20k pair run again into its own directory: how far a rerun of the same seeds moves (other requests
@@ -100,7 +100,7 @@ fi
 if [[ $stage == groceries-20k-rerun || $stage == all ]]; then
   $PY bench/compare.py --dataset groceries --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
     --config sharpzo=sharpzo --config zo-sgd=zo-sgd --reference sharpzo --reach-of sharpzo --reach-of zo-sgd \
-    --budgets 1000 3000 6000 10000 20000 --coop $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-rerun
+    --budgets 1000 3000 6000 10000 20000 --whitebox $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-rerun
 fi
 
 # SPSA-GC at the config its validation sweep chose (select-spsa; 2 points over its default there, at the edge of
@@ -108,7 +108,7 @@ fi
 if [[ $stage == spsa-selected-20k || $stage == all ]]; then
   $PY bench/compare.py --dataset groceries --seeds 0 1 2 3 4 --budget 20000 --eval-every 2000 \
     --config spsa-gc-selected=spsa-gc:a=125,c=0.01 --reach-of spsa-gc-selected \
-    --budgets 1000 3000 6000 10000 20000 --coop $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-spsa-selected
+    --budgets 1000 3000 6000 10000 20000 --whitebox $R/coop-groceries-v2-sweep.json --parallel 5 --out $R/compare20k-v2-spsa-selected
 fi
 
 # BBT's sigma0 (spreads), popsize and bound on the VALIDATION set, with the same selection budget (11 configs,

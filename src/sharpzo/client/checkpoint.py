@@ -5,7 +5,8 @@ prompt that is best on validation so far, and the monitor point whose evaluation
 flight when it was saved: a resume evaluates that point again (its log line, if it landed
 after the checkpoint, is dropped by ``trim_log``). Older formats are refused with the
 reason: 1 kept a ``Budget`` class of its own (mapped here only so that its format can be
-read), 1 and 2 hold optimiser state in the old w units, and 3 lacks the best-so-far. A
+read), 1 and 2 hold optimiser state in the old w units, 3 lacks the best-so-far, and 4 has one pending
+ask where the optimisers now keep a queue of them (pipelining, optim/base.py). A
 checkpoint that this version cannot read is an error that says so, never a traceback
 from inside pickle.
 """
@@ -24,7 +25,8 @@ from sharpzo.shared.protocol import Usage
 
 from .optim import Optimizer
 
-CHECKPOINT_FORMAT = 4  # 3: optimiser constants in spreads (client/prompt.py); 4: the best so far, the pending monitor
+# 3: optimiser constants in spreads (client/prompt.py); 4: the best so far, the pending monitor; 5: pipelined asks
+CHECKPOINT_FORMAT = 5
 
 Kind = Literal["zero-shot", "monitor", "final"]
 
@@ -155,6 +157,11 @@ def load_checkpoint(path: Path, run_settings: dict[str, Any]) -> LoopState:
         raise RuntimeError(
             f"{path} was written before runs kept the best prompt on validation: it cannot resume; "
             "start a fresh --out directory"
+        )
+    if saved.get("format") == 4:
+        raise RuntimeError(
+            f"{path} was written before the optimisers pipelined their steps (a queue of pending asks where it "
+            "holds one): it cannot resume; start a fresh --out directory"
         )
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise RuntimeError(f"{path}: unknown checkpoint format {saved.get('format')}; start a fresh --out directory")

@@ -31,6 +31,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -294,19 +295,25 @@ class Tuner:
         started = time.perf_counter() - state.elapsed
         monitoring = Monitoring(scorer, state, self.settings,
                                 lambda done: self._log(state, {"stage": "monitor", **done.scores()}, done.point))
-        stage = opt.stage
+        in_flight: deque[asyncio.Task[Evaluation]] = deque()  # the optimiser's pending asks, oldest first
+        stage, go_on = opt.stage, True
         with TuneProgress(self.settings, self.show_progress) as progress:
             progress.update(opt.queries, opt.stage, None, None, state.best.val_accuracy)
             try:
-                for ask in opt.rounds():
-                    result = await scorer.evaluate(ask.points, ask.split)
+                while in_flight or (go_on and not opt.stop()):
+                    asks = opt.asks() if go_on else []
+                    for ask in asks[len(in_flight):]:
+                        in_flight.append(asyncio.ensure_future(scorer.evaluate(ask.points, ask.split)))
+                    ask = opt.ask()
+                    result = await in_flight.popleft()
                     opt.tell(result)
                     monitoring.poll()
                     if opt.stage != stage and self.settings.probe_sharpness:  # where SharpZO's stage 2 starts
                         state.sharpness["switch"] = await scorer.sharpness(opt.solution)
                     stage = opt.stage
                     state.tells += 1
-                    go_on = await monitoring.after_tell()
+                    # an early stop asks nothing more; the asks in flight are paid for, so they are told
+                    go_on = go_on and await monitoring.after_tell()
                     best = int(np.argmin(result.loss))
                     loss, accuracy = float(result.loss[best]), float(result.accuracy[best])
                     entry = {"stage": opt.stage, "split": ask.split, "n": len(ask.points), "loss": loss,
@@ -315,10 +322,10 @@ class Tuner:
                     self._log(state, entry, state.point())  # before the checkpoint: a resume trims what it lacks
                     self._save(state)
                     progress.update(opt.queries, opt.stage, loss, accuracy, state.best.val_accuracy)
-                    if not go_on:
-                        break
                 await monitoring.settle()
             finally:
+                for task in in_flight:
+                    task.cancel()
                 monitoring.cancel()
         state.elapsed = time.perf_counter() - started
         self._warn_if_untuned(state)

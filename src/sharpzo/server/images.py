@@ -103,6 +103,11 @@ def encode_images(loaded: LoadedModel, images: list[Image.Image], augment: bool 
     return _features(loaded, _pixels(loaded, images, augment, seed))
 
 
+def encode_stems(loaded: LoadedModel, images: list[Image.Image], visual: PromptedImageEncoder) -> torch.Tensor:
+    """The images' patch stems [N, 1 + grid^2, visual width] with the model's own transform, as an upload keeps them."""
+    return _encoded(loaded, _pixels(loaded, images, False, 0), visual.stems)
+
+
 def _set_id(key: str) -> str:
     return key[:32]
 

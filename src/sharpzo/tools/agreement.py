@@ -29,7 +29,7 @@ from sharpzo.server.settings import ServerSettings
 from sharpzo.server.text import PromptedTextEncoder
 from sharpzo.shared.protocol import API_PREFIX, ImageSetInfo, ImageSetRequest, LogitsRequest, LogitsResponse
 from sharpzo.shared.tensors import Tensor
-from sharpzo.tools.whitebox import PromptLoss
+from sharpzo.tools.whitebox import PromptLoss, WhiteBoxPrompt
 
 # an upload and a scoring pass of a few hundred candidates on a CPU server
 HTTP_TIMEOUT = httpx.Timeout(600.0, connect=15.0)
@@ -84,7 +84,7 @@ class InProcessScorer:
         w_t = torch.tensor(w, dtype=torch.float32, requires_grad=True)
         p0 = torch.as_tensor(space.p0)
         ctx = p0 + (torch.as_tensor(space.projection) @ w_t).view_as(p0)
-        value = self.loss_fn(ctx)
+        value = self.loss_fn(WhiteBoxPrompt(ctx))
         value.backward()
         assert w_t.grad is not None
         return float(value.item()), w_t.grad.double().numpy()

@@ -9,11 +9,19 @@ so that plain ask/tell sees the same schedule as the loop (SharpZO's switch read
 ``ask()`` returns the same batch until ``tell()``, so a batch that does not fit is declined
 (``decline()`` may offer a cheaper one) without drawing anything. An optimiser is picklable
 with all of its random state, so a checkpoint resumes the same trajectory bit for bit.
+
+Pipelining (``depth`` > 1, the random-direction steps): ``asks()`` makes up to ``depth`` asks ahead,
+each from the iterate as it stands, and they are told in the order they were made. Step t's
+probes are then taken before the results of the ``depth - 1`` steps before it are in (a fixed
+staleness), so a remote caller keeps ``depth`` requests in flight and waits one round trip per
+``depth`` steps. The schedule depends on ``depth`` alone, never on when results arrive: ``optimize()``
+runs the same trajectory with one request at a time as a client with ``depth`` in flight.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
@@ -39,11 +47,26 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """What turns a random-direction ask's losses into a gradient estimate: its directions and probe length."""
+
+    directions: np.ndarray  # (q, d)
+    mu: float
+
+
+@dataclass(frozen=True)
 class Request:
-    """An ask together with the budget line (``purpose``) its queries are booked under."""
+    """An ask together with the budget line (``purpose``) its queries are booked under and, for a
+    random-direction estimate, its ``probe`` (kept with the request, since several may be pending)."""
 
     ask: Ask
     purpose: str
+    probe: Probe | None = None
+
+    def probed(self) -> Probe:
+        if self.probe is None:
+            raise RuntimeError(f"a {self.purpose!r} request carries no probe")
+        return self.probe
 
 
 ConfigT = TypeVar("ConfigT", bound=OptimizerConfig)
@@ -82,23 +105,42 @@ class Optimizer(ABC, Generic[ConfigT]):
         self.spent: dict[str, int] = {}
         self.best_loss = float("inf")  # lowest train loss of any evaluated point
         self.best_point: np.ndarray | None = None
-        self._pending: Request | None = None
+        self._queue: deque[Request] = deque()  # made and not yet told, oldest first
+
+    @property
+    def depth(self) -> int:
+        """Asks in flight at once where the method can ask ahead (1: one at a time)."""
+        return 1
 
     def ask(self) -> Ask:
-        if self._pending is None:
-            self._pending = self._request()
-        return self._pending.ask
+        """The oldest ask not yet told, made now if there is none; the same until ``tell()``."""
+        if not self._queue:
+            self._queue.append(self._request())
+        return self._queue[0].ask
+
+    def asks(self) -> list[Ask]:
+        """Every ask not yet told, oldest first, after asking ahead up to ``depth`` while the method can
+        (``_ahead_size``) and the asks fit the budget together. Tell them in this order."""
+        self.ask()
+        while len(self._queue) < self.depth:
+            size = self._ahead_size()
+            pending = sum(len(request.ask.points) for request in self._queue)
+            if size is None or (self.budget is not None and self.queries + pending + size > self.budget):
+                break
+            self._queue.append(self._request())
+        return [request.ask for request in self._queue]
 
     def tell(self, result: Evaluation) -> None:
-        request = self._pending
-        if request is None:
+        """The result of the oldest ask not yet told."""
+        if not self._queue:
             raise RuntimeError(f"{self.name}: tell() without a pending ask()")
+        request = self._queue[0]
         n = len(request.ask.points)
         loss = np.asarray(result.loss, dtype=float)
         accuracy = np.asarray(result.accuracy, dtype=float)
         if loss.shape != (n,) or accuracy.shape != (n,):
             raise ValueError(f"{self.name}: expected {n} losses and accuracies, got {loss.shape} and {accuracy.shape}")
-        self._pending = None
+        self._queue.popleft()
         self.spent[request.purpose] = self.spent.get(request.purpose, 0) + n
         if request.ask.split == "train":
             self._track_best(request.ask.points, loss)
@@ -122,11 +164,13 @@ class Optimizer(ABC, Generic[ConfigT]):
         return {}
 
     def rounds(self, limit: int | None = None) -> Iterator[Ask]:
-        """The asks to evaluate, until ``stop()`` or ``limit`` rounds; tell each before the next."""
+        """The asks to evaluate one at a time (the oldest of ``asks()``), until ``stop()`` or ``limit`` rounds;
+        tell each before the next."""
         done = 0
         while (limit is None or done < limit) and not self.stop():
-            yield self.ask()
-            if self._pending is not None:
+            ask = self.asks()[0]
+            yield ask
+            if self._queue and self._queue[0].ask is ask:
                 raise RuntimeError(f"{self.name}: the ask was not told before the next round")
             done += 1
 
@@ -169,11 +213,15 @@ class Optimizer(ABC, Generic[ConfigT]):
 
     @abstractmethod
     def _request(self) -> Request:
-        """Build the next batch; called once per ask/tell round, so it may draw random numbers."""
+        """Build the next batch; called once per ask, so it may draw random numbers."""
+
+    def _ahead_size(self) -> int | None:
+        """The queries of the next ask if it may be made before the pending ones are told; None: it may not."""
+        return None
 
     @abstractmethod
     def _absorb(self, request: Request, result: Evaluation) -> None:
-        """Consume the evaluation of ``request``."""
+        """Consume the evaluation of ``request`` (the oldest pending one)."""
 
     def _details(self) -> Info:
         return {}

@@ -34,6 +34,18 @@ def scaled_rate(rate: float, count: int, reference: int, scaling: LrScaling) -> 
     return rate if count == reference else rate * (count / reference) ** _POWERS[scaling]
 
 
+DEFAULT_PIPELINE = 1
+
+
+def pipeline_option() -> Any:
+    """The ``pipeline`` option of the random-direction methods (optim/base.py, "Pipelining")."""
+    return option(
+        DEFAULT_PIPELINE, "steps in flight at once: each step's probes are taken before the results of the "
+        "pipeline - 1 steps before it are in (a fixed staleness, the same on any network), so a remote run waits "
+        "one round trip per `pipeline` steps; 1: one step at a time",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """Base of every optimiser's options. Literal-typed fields are checked against their choices."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import Probe
 from .estimators import gaussian_directions, rge_gradient, rge_probes, sharpness_shift
 
 
@@ -32,7 +33,6 @@ class RandomDirectionDescent:
         self.sam_radius = sam_radius
         self.sam_beta = sam_beta
         self.momentum = np.zeros_like(self.w) if sam_radius > 0 else None
-        self._directions: np.ndarray | None = None
 
     def centre(self) -> np.ndarray:
         """Where the next step's probes are centred: w, or w + ε with ZO-SAM."""
@@ -40,16 +40,14 @@ class RandomDirectionDescent:
             return self.w
         return self.w + sharpness_shift(self.momentum, self.sam_radius)
 
-    def probes(self, mask: np.ndarray | None = None) -> np.ndarray:
-        """The 2q probes of the next step, drawing fresh directions."""
-        self._directions = gaussian_directions(self.rng, self.count, len(self.w), mask)
-        return rge_probes(self.centre(), self.mu, self._directions)
+    def probes(self, mask: np.ndarray | None = None) -> tuple[np.ndarray, Probe]:
+        """The 2q probes of a step around the current centre, drawing fresh directions, and what ``step`` needs."""
+        probe = Probe(gaussian_directions(self.rng, self.count, len(self.w), mask), self.mu)
+        return rge_probes(self.centre(), probe.mu, probe.directions), probe
 
-    def step(self, losses: np.ndarray) -> None:
-        if self._directions is None:
-            raise RuntimeError("step() before probes()")
-        self.gradient = rge_gradient(losses, self.mu, self._directions)
+    def step(self, losses: np.ndarray, probe: Probe) -> None:
+        """w ← w − η ĝ with the estimate from ``probe``'s losses (probes taken at an earlier w when pipelined)."""
+        self.gradient = rge_gradient(losses, probe.mu, probe.directions)
         self.w = self.w - self.lr * self.gradient
         if self.momentum is not None:
             self.momentum = self.sam_beta * self.momentum + (1.0 - self.sam_beta) * self.gradient
-        self._directions = None

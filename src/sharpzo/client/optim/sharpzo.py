@@ -29,9 +29,9 @@ from typing import Literal
 import numpy as np
 
 from ..prompt import w_norm
-from .base import Ask, Evaluation, Info, Optimizer, Request
+from .base import Ask, Evaluation, Info, Optimizer, Probe, Request
 from .cma_search import CMAConfig, CMASearch
-from .config import LrScaling, option, require, scaled_rate
+from .config import LrScaling, option, pipeline_option, require, scaled_rate
 from .descent import RandomDirectionDescent
 from .estimators import (
     cge_gradient,
@@ -112,6 +112,7 @@ class SharpZOConfig(CMAConfig):
     )
     mask_mu: float = option(1e-2, "length in spreads of the mask's CGE probes (floor: estimators.py)")
     mask_interval: int = option(200, "K: re-score the mask every K stage-2 steps (CGE masks only)")
+    pipeline: int = pipeline_option()
 
     def __post_init__(self) -> None:
         require(
@@ -123,7 +124,7 @@ class SharpZOConfig(CMAConfig):
         require(self.rho >= 0, f"rho must be non-negative, got {self.rho}")
         require(0.0 < self.mask_fraction <= 1.0, f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
         counts = (self.sharpness_probes, self.directions, self.patience, self.mask_interval,
-                  self.shift_generations, self.mask_generations)
+                  self.shift_generations, self.mask_generations, self.pipeline)
         require(min(counts) >= 1, "counts must be at least 1")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
         require(self.sam_rho >= 0, f"sam_rho must be non-negative, got {self.sam_rho}")
@@ -173,6 +174,11 @@ class SharpZO(Optimizer[SharpZOConfig]):
         return "cma" if self._descent is None else "zo"
 
     @property
+    def depth(self) -> int:
+        """Stage 2's steps pipeline; stage 1's generations, validation and sharpness asks go one at a time."""
+        return self.config.pipeline
+
+    @property
     def _stage1(self) -> CMASearch:
         """Stage 1's search, which the switch to stage 2 drops."""
         if self._cma is None:
@@ -200,19 +206,25 @@ class SharpZO(Optimizer[SharpZOConfig]):
         assert self._descent is not None
         if self._phase == "mask":
             return Request(Ask(cge_probes(self._descent.w, w_norm(c.mask_mu, self.dim))), "mask")
-        return Request(Ask(self._descent.probes(self._mask)), "step")
+        points, probe = self._descent.probes(self._mask)
+        return Request(Ask(points), "step", probe)
+
+    def _ahead_size(self) -> int | None:
+        """Stage-2 steps may be asked ahead when no mask refresh can come between them (dense, or ES masks)."""
+        no_refresh = self.config.mask_fraction == 1.0 or self._free_masks()
+        return 2 * self.config.directions if self._phase == "step" and no_refresh else None
 
     def decline(self) -> bool:
         """A mask refresh (2d queries) that does not fit gives way to steps on the current mask (dense at first)."""
         if self._phase != "mask":
             return False
-        self._pending = None
+        self._queue.pop()  # the refresh: it is asked alone (``_ahead_size``)
         self._phase = "step"
         return True
 
     def _absorb(self, request: Request, result: Evaluation) -> None:
         c = self.config
-        if self._phase == "sharpness":
+        if request.purpose == "sharpness":
             if c.sharpness == "cge":
                 gradient = cge_gradient(result.loss, w_norm(c.sharpness_mu, self.dim))
             else:
@@ -220,16 +232,16 @@ class SharpZO(Optimizer[SharpZOConfig]):
                 gradient = rge_gradient(result.loss, c.sharpness_mu, self._probe_directions)
             self._shift = sharpness_shift(gradient, self._radius())
             self._phase = "population"
-        elif self._phase == "population":
+        elif request.purpose == "population":
             self._absorb_population(result.loss)
-        elif self._phase == "val":
+        elif request.purpose == "val":
             self._absorb_val(float(result.accuracy[0]))
             self._end_iteration()
-        elif self._phase == "mask":
+        elif request.purpose == "mask":
             self._set_mask(cge_gradient(result.loss, w_norm(c.mask_mu, self.dim)))
             self._phase = "step"
         else:
-            self._absorb_step(result.loss)
+            self._absorb_step(result.loss, request.probed())
 
     def _absorb_population(self, loss: np.ndarray) -> None:
         c = self.config
@@ -252,9 +264,9 @@ class SharpZO(Optimizer[SharpZOConfig]):
         else:
             self._val_stall += 1
 
-    def _absorb_step(self, loss: np.ndarray) -> None:
+    def _absorb_step(self, loss: np.ndarray, probe: Probe) -> None:
         assert self._descent is not None
-        self._descent.step(loss)
+        self._descent.step(loss, probe)
         self.stage2_steps += 1
         self.iteration += 1
         self._begin_step()

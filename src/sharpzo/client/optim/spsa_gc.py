@@ -12,8 +12,8 @@ from typing import Literal
 
 import numpy as np
 
-from .base import Ask, Evaluation, Info, Optimizer, Request
-from .config import LrScaling, OptimizerConfig, option, require, scaled_rate
+from .base import Ask, Evaluation, Info, Optimizer, Probe, Request
+from .config import LrScaling, OptimizerConfig, option, pipeline_option, require, scaled_rate
 from .estimators import gaussian_directions, rademacher_directions, require_resolvable_step, rge_gradient, rge_probes
 
 GAIN_PAIRS = 5  # the pairs at which ``a`` was chosen
@@ -41,10 +41,12 @@ class SPSAGCConfig(OptimizerConfig):
     clip_norm: float | None = option(
         20.0, "clip the gradient estimate to this norm (loss per spread·√d); None disables clipping",
     )
+    pipeline: int = pipeline_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.pairs >= 1, f"pairs must be at least 1, got {self.pairs}")
+        require(self.pipeline >= 1, f"pipeline must be at least 1, got {self.pipeline}")
         require(self.a > 0, f"a must be positive, got {self.a}")
         require_resolvable_step("c", self.c)
         require(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
@@ -67,7 +69,7 @@ class SPSAGC(Optimizer[SPSAGCConfig]):
         self._w = np.zeros(dim)
         self._velocity = np.zeros(dim)
         self._gradient = np.zeros(dim)
-        self._perturbations: np.ndarray | None = None
+        self._asked = 0  # steps asked, told or not: step k's perturbation length is c_k
 
     @property
     def solution(self) -> np.ndarray:
@@ -77,36 +79,43 @@ class SPSAGC(Optimizer[SPSAGCConfig]):
     def stage(self) -> str:
         return "spsa"
 
+    @property
+    def depth(self) -> int:
+        return self.config.pipeline
+
     def _learning_rate(self) -> float:
         c = self.config
         return float(scaled_rate(c.a, c.pairs, GAIN_PAIRS, c.gain_scaling) / (self.iteration + 1 + c.A) ** c.alpha)
 
-    def _perturbation_size(self) -> float:
+    def _perturbation_size(self, step: int) -> float:
         c = self.config
-        return float(c.c / (self.iteration + 1) ** c.gamma)
+        return float(c.c / (step + 1) ** c.gamma)
 
     def _request(self) -> Request:
         c = self.config
         if c.perturbation == "rademacher":
-            self._perturbations = rademacher_directions(self.rng, c.pairs, self.dim)
+            perturbations = rademacher_directions(self.rng, c.pairs, self.dim)
         else:
-            self._perturbations = gaussian_directions(self.rng, c.pairs, self.dim)
+            perturbations = gaussian_directions(self.rng, c.pairs, self.dim)
+        probe = Probe(perturbations, self._perturbation_size(self._asked))
+        self._asked += 1
         look_ahead = self._w + c.momentum * self._velocity
-        return Request(Ask(rge_probes(look_ahead, self._perturbation_size(), self._perturbations)), "spsa")
+        return Request(Ask(rge_probes(look_ahead, probe.mu, probe.directions)), "spsa", probe)
+
+    def _ahead_size(self) -> int:
+        return 2 * self.config.pairs
 
     def _absorb(self, request: Request, result: Evaluation) -> None:
-        assert self._perturbations is not None
-        raw = rge_gradient(result.loss, self._perturbation_size(), self._perturbations)
-        self._gradient = clip_to_norm(raw, self.config.clip_norm)
+        probe = request.probed()
+        self._gradient = clip_to_norm(rge_gradient(result.loss, probe.mu, probe.directions), self.config.clip_norm)
         self._velocity = self.config.momentum * self._velocity - self._learning_rate() * self._gradient
         self._w = self._w + self._velocity
-        self._perturbations = None
         self.iteration += 1
 
     def _details(self) -> Info:
         return {
             "lr": self._learning_rate(),
-            "c": self._perturbation_size(),
+            "c": self._perturbation_size(self.iteration),
             "grad_norm": float(np.linalg.norm(self._gradient)),
             "step_norm": float(np.linalg.norm(self._velocity)),
         }

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Request
-from .config import LrScaling, OptimizerConfig, option, require, scaled_rate
+from .config import LrScaling, OptimizerConfig, option, pipeline_option, require, scaled_rate
 from .descent import RandomDirectionDescent
 from .estimators import require_resolvable_step
 
@@ -24,12 +24,14 @@ class ZOSGDConfig(OptimizerConfig):
     )
     directions: int = option(1, "q: random directions averaged per step, sent in one request (2q queries a step)")
     lr_scaling: LrScaling = option("sqrt", "the step with q directions is lr·√q (sqrt), lr·q (linear) or lr (none)")
+    pipeline: int = pipeline_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
         require_resolvable_step("mu", self.mu)
         require(self.directions >= 1, f"directions must be at least 1, got {self.directions}")
+        require(self.pipeline >= 1, f"pipeline must be at least 1, got {self.pipeline}")
 
 
 class ZOSGD(Optimizer[ZOSGDConfig]):
@@ -52,11 +54,19 @@ class ZOSGD(Optimizer[ZOSGDConfig]):
     def stage(self) -> str:
         return "sgd"
 
+    @property
+    def depth(self) -> int:
+        return self.config.pipeline
+
     def _request(self) -> Request:
-        return Request(Ask(self._descent.probes()), "rge")
+        points, probe = self._descent.probes()
+        return Request(Ask(points), "rge", probe)
+
+    def _ahead_size(self) -> int:
+        return 2 * self.config.directions
 
     def _absorb(self, request: Request, result: Evaluation) -> None:
-        self._descent.step(result.loss)
+        self._descent.step(result.loss, request.probed())
         self.iteration += 1
 
     def _details(self) -> Info:
