@@ -10,7 +10,7 @@ from typing import Any
 
 from sharpzo.client.runner import connect, tune_async
 
-# Options of the run itself rather than of its optimiser (see TuneSettings), e.g. prompt=\"joint\".
+# Options of the run itself rather than of its optimiser (see TuneSettings), e.g. prompt="joint".
 RUN_SETTINGS = frozenset({"alpha", "dim", "prompt", "visual_dim", "visual_tokens", "directions"})
 
 

@@ -51,12 +51,15 @@ class Faults:
 
 @dataclass
 class Traffic:
-    """Bytes through the proxy, by direction, and connections accepted."""
+    """Bytes through the proxy, by direction, connections accepted, and the most requests in flight at once by
+    method and path (``"POST /v1/logits"``): sent and not yet answered."""
 
     up: int = 0
     down: int = 0
     connections: int = 0
     faults: dict[str, int] = field(default_factory=dict)
+    open: dict[str, int] = field(default_factory=dict)
+    most_open: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,6 +68,7 @@ class _Turn:
 
     request_open: bool = False
     targeted: bool = False  # the open request is one the faults are for
+    route: str = ""  # the open request's method and path
 
 
 class _Link:
@@ -142,6 +146,19 @@ class WanProxy:
         with self._lock:
             setattr(self.traffic, direction, getattr(self.traffic, direction) + n)
 
+    def _opened(self, turn: _Turn, data: bytes) -> None:
+        turn.request_open = True
+        turn.route = b" ".join(data.split(b" ", 2)[:2]).decode("latin-1")
+        with self._lock:
+            now = self.traffic.open[turn.route] = self.traffic.open.get(turn.route, 0) + 1
+            self.traffic.most_open[turn.route] = max(now, self.traffic.most_open.get(turn.route, 0))
+
+    def _answered(self, turn: _Turn) -> None:
+        if turn.request_open:
+            turn.request_open = False
+            with self._lock:
+                self.traffic.open[turn.route] -= 1
+
     def _fault(self, name: str) -> bool:
         with self._lock:
             hit = self.faults.take(name)
@@ -184,6 +201,7 @@ class WanProxy:
             await asyncio.gather(*pumps, return_exceptions=True)
             await asyncio.gather(*writers, return_exceptions=True)
         cutter.cancel()
+        self._answered(turn)  # a request cut off, or a connection closed before its answer
 
     async def _pump(
         self, reader: asyncio.StreamReader, link: _Link, direction: str, turn: _Turn, cut: asyncio.Event
@@ -192,7 +210,7 @@ class WanProxy:
         try:
             while data := await reader.read(CHUNK):
                 if direction == "up" and not turn.request_open:  # the first bytes of a request
-                    turn.request_open = True
+                    self._opened(turn, data)
                     turn.targeted = data.startswith(self.faults.only)
                     if turn.targeted and self._fault("drop_requests"):
                         link.put(data[: len(data) // 2])
@@ -200,7 +218,7 @@ class WanProxy:
                         cut.set()
                         return
                 if direction == "down" and turn.request_open:  # the first bytes of its response
-                    turn.request_open = False
+                    self._answered(turn)
                     if turn.targeted and self._fault("drop_responses"):
                         cut.set()
                         return

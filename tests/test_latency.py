@@ -29,6 +29,12 @@ def test_q_grows_with_the_round_trip_until_the_validated_cap(rtt: float, expecte
     assert choice.rtt_ms == pytest.approx(1000 * rtt) and choice.ms_per_query == pytest.approx(5.0)
 
 
+def test_steps_in_flight_hide_the_round_trip_with_fewer_directions() -> None:
+    one = choose_directions(exchanges(0.05, 5e-5), train_images=100, least=1).q
+    eight = choose_directions(exchanges(0.05, 5e-5), train_images=100, least=1, pipeline=8).q
+    assert (one, eight) == (AUTO_MAX, 3)  # ceil(50 / (0.25 * 2 * 5)) = 20 -> 16; ceil(50 / (0.25 * 8 * 2 * 5)) = 3
+
+
 def test_a_slower_server_needs_fewer_directions_to_hide_the_same_round_trip() -> None:
     fast = choose_directions(exchanges(0.05, 1e-5), train_images=100, least=1).q
     slow = choose_directions(exchanges(0.05, 1e-4), train_images=100, least=1).q

@@ -83,6 +83,9 @@ RESUME_SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "bbt": ("bbt", {"popsize": 6}),
     "bbt-unbounded": ("bbt", {"popsize": 6, "bound": None}),
     "zo-sgd": ("zo-sgd", {"directions": 2}),
+    "zo-sgd-pipelined": ("zo-sgd", {"directions": 2, "pipeline": 4}),
+    "sharpzo-es-pipelined": ("sharpzo", {"popsize": 6, "switch_iterations": 4, "sharpness": "es", "pipeline": 3}),
+    "spsa-gc-pipelined": ("spsa-gc", {"pipeline": 5}),
     "spsa-gc": ("spsa-gc", {}),
     "spsa-gc-gaussian": ("spsa-gc", {"perturbation": "gaussian", "clip_norm": 0.5}),
 }

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from wan_proxy import Faults, WanProxy  # noqa: E402
 
 SHARPZO = str(Path(sys.executable).parent / "sharpzo")
-# zo-sgd with q = 4: every step is one request of 8 candidates
+# zo-sgd with q = 4: every step is one request of 8 candidates, 3 steps in flight
 RUN: dict[str, Any] = dict(shots=2, method="zo-sgd", budget=48, dim=8, seed=3, eval_every=16, progress=False,
-                           options={"directions": 4})
+                           options={"directions": 4, "pipeline": 3})
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -139,6 +139,29 @@ def test_the_same_run_through_a_wan_and_on_loopback_gives_the_same_prompt_bit_fo
     losses = [[line.get("loss") for line in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())]
               for run in ("direct", "remote")]
     assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("pipeline", [1, 4])
+def test_the_tune_loop_keeps_the_pipeline_in_flight(server: EmbeddedServer, tmp_path: Path, pipeline: int) -> None:
+    """Scoring requests in flight at once, seen by the proxy: the zero-shot's (and the final's) val and test requests
+    go together, and training keeps ``pipeline`` steps in flight (at most the client's concurrency, 4)."""
+    with WanProxy(port_of(server.url), rtt_ms=100) as proxy:
+        asyncio.run(tuned(proxy.url, tmp_path / "run", eval_every=0, options={"pipeline": pipeline}))
+        assert proxy.traffic.most_open["POST /v1/logits"] == max(2, pipeline)
+
+
+def test_an_early_stop_tells_the_steps_in_flight_and_charges_what_it_counts(
+    server: EmbeddedServer, tmp_path: Path
+) -> None:
+    before = usage(server)
+    result = asyncio.run(tune_async("animals", server=server.url, out=tmp_path / "run", **{
+        **RUN, "budget": 400, "eval_every": 8, "early_stop": 1, "options": {"pipeline": 6}}))
+    spent = result.summary()["budget"]
+    assert spent["queries"] < 400  # it stopped early
+    assert charged_between(before, usage(server)) == client_count(spent)
+    steps = [line for line in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())
+             if line["stage"] == "sgd"]
+    assert len(steps) * 2 == spent["queries"]  # every step asked was told and logged
 
 
 def test_dropped_and_stalled_connections_are_retried_and_charged_once(server: EmbeddedServer, tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
 """How far away the server is, and the q that hides it: the automatic choice of directions per step.
 
-A random-direction method (ZO-SGD, SharpZO's stage 2, SPSA-GC) waits one round trip per step.
-With q directions a step is one request of 2q candidates, so the round trip is paid once per 2q
-queries. ``--directions auto`` picks, once, at the start, the least q for which the network's
-share of a step is at most ``TOLERANCE`` of the server's time for it::
+A random-direction method (ZO-SGD, SharpZO's stage 2, SPSA-GC) keeps ``pipeline`` steps in flight
+(optim/base.py) and so waits one round trip per ``pipeline`` steps. With q directions a step is one
+request of 2q candidates, so the round trip is paid once per 2q·pipeline queries. ``--directions auto``
+picks, once, at the start, the least q for which the network's share is at most ``TOLERANCE`` of the
+server's time::
 
-    rtt <= TOLERANCE * 2q * t_query      =>     q = ceil(rtt / (TOLERANCE * 2 * t_query))
+    rtt <= TOLERANCE * pipeline * 2q * t_query   =>   q = ceil(rtt / (TOLERANCE * pipeline * 2 * t_query))
 
 clipped to [the method's default, ``AUTO_MAX``]; ``AUTO_MAX`` is the largest q validated against
 q = 1 (BENCHMARKS.md, "Tuning over a WAN"). ``rtt`` is the median over the scoring requests so far
@@ -57,15 +58,18 @@ class DirectionsChoice:
         return asdict(self)
 
 
-def choose_directions(exchanges: list[Exchange], train_images: int, least: int) -> DirectionsChoice:
-    """q for the round trip and server speed seen in ``exchanges``; ``least`` (the method's default) without data."""
+def choose_directions(
+    exchanges: list[Exchange], train_images: int, least: int, pipeline: int = 1
+) -> DirectionsChoice:
+    """q for the round trip and server speed seen in ``exchanges`` with ``pipeline`` steps in flight; ``least`` (the
+    method's default) without data."""
     timed = [(e.seconds, e.server_seconds, e.image_evals) for e in exchanges
              if e.server_seconds is not None and e.image_evals > 0]
     if not timed:
         return DirectionsChoice(least, float("nan"), float("nan"), 0)
     rtt = max(0.0, statistics.median(seconds - server for seconds, server, _ in timed))
     per_query = train_images * min(server / evals for _, server, evals in timed)
-    need = math.ceil(rtt / (TOLERANCE * 2 * per_query)) if per_query > 0 else AUTO_MAX
+    need = math.ceil(rtt / (TOLERANCE * pipeline * 2 * per_query)) if per_query > 0 else AUTO_MAX
     q = max(least, min(AUTO_MAX, need))
     return DirectionsChoice(q, round(1000 * rtt, 3), round(1000 * per_query, 4), len(timed))
 
@@ -83,25 +87,25 @@ def parse_directions(value: str | int) -> int | None:
     return q
 
 
-def q_default(method: str) -> int | None:
-    """The method's own default q, None for a method without one."""
+def option_default(method: str, name: str | None) -> int | None:
+    """The method's own default of option ``name``, None for a method without it."""
     from .optim import OPTIMIZERS  # the optimisers import nothing from here; kept local to keep this module light
 
-    name = Q_OPTION.get(method)
-    if name is None:
-        return None
-    return int(getattr(OPTIMIZERS[method].config_type(), name))
+    defaults = OPTIMIZERS[method].config_type()
+    return None if name is None or not hasattr(defaults, name) else int(getattr(defaults, name))
 
 
 def resolve_options(
     method: str, directions: str | int | None, options: dict[str, Any], exchanges: list[Exchange], train_images: int
 ) -> tuple[dict[str, Any], DirectionsChoice | None]:
     """The optimiser options with q set by ``--directions`` (an explicit ``--opt`` q wins), and the auto choice."""
-    name, least = Q_OPTION.get(method), q_default(method)
+    name = Q_OPTION.get(method)
+    least = option_default(method, name)
     if directions is None or name is None or least is None or name in options:
         return options, None
     fixed = parse_directions(directions)
     if fixed is not None:
         return {**options, name: fixed}, None
-    choice = choose_directions(exchanges, train_images, least)
+    pipeline = int(options.get("pipeline", option_default(method, "pipeline") or 1))
+    choice = choose_directions(exchanges, train_images, least, pipeline)
     return {**options, name: choice.q}, choice

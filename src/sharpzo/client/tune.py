@@ -23,6 +23,12 @@ which the prompt was taken. At most one is in flight: the next point (and the ea
 decision) first waits for the previous one, so the trajectory, the stop and the choice are
 the same whatever the network. A checkpoint saved while one is in flight records its point,
 and a resume evaluates it again.
+
+Training requests are in flight as the optimiser's pending asks are (optim/base.py, "Pipelining"):
+every ask it has made is sent at once, and the results are told in the order the asks were made,
+so a remote run waits one round trip per ``pipeline`` steps, not per step. The checkpoint keeps the
+pending asks inside the optimiser, and a resume sends them again. An early stop asks for nothing
+more but tells the asks already in flight (they are paid for).
 """
 
 from __future__ import annotations

@@ -113,15 +113,14 @@ class Optimizer(ABC, Generic[ConfigT]):
         return 1
 
     def ask(self) -> Ask:
-        """The oldest ask not yet told, made now if there is none; the same until ``tell()``."""
-        if not self._queue:
-            self._queue.append(self._request())
-        return self._queue[0].ask
+        """The oldest ask not yet told (the pipeline filled first, as ``asks()``); the same until ``tell()``."""
+        return self.asks()[0]
 
     def asks(self) -> list[Ask]:
         """Every ask not yet told, oldest first, after asking ahead up to ``depth`` while the method can
         (``_ahead_size``) and the asks fit the budget together. Tell them in this order."""
-        self.ask()
+        if not self._queue:
+            self._queue.append(self._request())
         while len(self._queue) < self.depth:
             size = self._ahead_size()
             pending = sum(len(request.ask.points) for request in self._queue)
@@ -168,7 +167,7 @@ class Optimizer(ABC, Generic[ConfigT]):
         tell each before the next."""
         done = 0
         while (limit is None or done < limit) and not self.stop():
-            ask = self.asks()[0]
+            ask = self.ask()
             yield ask
             if self._queue and self._queue[0].ask is ask:
                 raise RuntimeError(f"{self.name}: the ask was not told before the next round")

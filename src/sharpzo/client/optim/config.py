@@ -46,6 +46,17 @@ def pipeline_option() -> Any:
     )
 
 
+DEFAULT_CLIP = 5.0
+
+
+def clip_option() -> Any:
+    """The ``clip`` option of the random-direction methods (estimators.DerivativeClip)."""
+    return option(
+        DEFAULT_CLIP, "bound each directional derivative to ±clip times the median |δ| of the last 64 (a probe pair "
+        "across a cliff would throw w out to where the loss is flat); None: no bound",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """Base of every optimiser's options. Literal-typed fields are checked against their choices."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Probe
-from .estimators import gaussian_directions, rge_gradient, rge_probes, sharpness_shift
+from .estimators import DerivativeClip, gaussian_directions, rge_gradient, rge_probes, sharpness_shift
 
 
 class RandomDirectionDescent:
@@ -21,9 +21,10 @@ class RandomDirectionDescent:
     sam_radius: float = 0.0
     sam_beta: float = 0.9
     momentum: np.ndarray | None = None
+    clip: DerivativeClip | None = None
 
     def __init__(self, w: np.ndarray, lr: float, mu: float, directions: int, rng: np.random.Generator,
-                 sam_radius: float = 0.0, sam_beta: float = 0.9) -> None:
+                 sam_radius: float = 0.0, sam_beta: float = 0.9, clip: float | None = None) -> None:
         self.w = np.array(w, dtype=float)
         self.lr = lr
         self.mu = mu
@@ -33,6 +34,11 @@ class RandomDirectionDescent:
         self.sam_radius = sam_radius
         self.sam_beta = sam_beta
         self.momentum = np.zeros_like(self.w) if sam_radius > 0 else None
+        self.clip = None if clip is None else DerivativeClip(clip)
+
+    def clip_details(self) -> dict[str, float | str]:
+        """How many directional derivatives the clip bounded so far (nothing without a clip)."""
+        return {} if self.clip is None else {"clipped": self.clip.clipped}
 
     def centre(self) -> np.ndarray:
         """Where the next step's probes are centred: w, or w + ε with ZO-SAM."""
@@ -47,7 +53,7 @@ class RandomDirectionDescent:
 
     def step(self, losses: np.ndarray, probe: Probe) -> None:
         """w ← w − η ĝ with the estimate from ``probe``'s losses (probes taken at an earlier w when pipelined)."""
-        self.gradient = rge_gradient(losses, probe.mu, probe.directions)
+        self.gradient = rge_gradient(losses, probe.mu, probe.directions, self.clip)
         self.w = self.w - self.lr * self.gradient
         if self.momentum is not None:
             self.momentum = self.sam_beta * self.momentum + (1.0 - self.sam_beta) * self.gradient

@@ -34,9 +34,38 @@ def directional_derivatives(losses: np.ndarray, mu: float) -> np.ndarray:
     return (plus - minus) / (2.0 * mu)
 
 
-def rge_gradient(losses: np.ndarray, mu: float, directions: np.ndarray) -> np.ndarray:
-    """ĝ = (1/q) Σ_j δ_j u_j. Unbiased for Gaussian u; with a k-coordinate mask, for Ω ⊙ ∇L."""
-    return directional_derivatives(losses, mu) @ directions / len(directions)
+def rge_gradient(
+    losses: np.ndarray, mu: float, directions: np.ndarray, clip: DerivativeClip | None = None
+) -> np.ndarray:
+    """ĝ = (1/q) Σ_j δ_j u_j. Unbiased for Gaussian u; with a k-coordinate mask, for Ω ⊙ ∇L. ``clip`` bounds
+    the δ_j first."""
+    deltas = directional_derivatives(losses, mu)
+    return (deltas if clip is None else clip(deltas)) @ directions / len(directions)
+
+
+class DerivativeClip:
+    """Bounds each directional derivative δ to ±``kappa`` times the median |δ| of the last ``window`` seen.
+
+    A probe pair that straddles a cliff of the loss reads a δ tens to hundreds of times the usual one, and the
+    step it makes (η·δ·u, with ‖u‖ ≈ √d) throws w far out, to where the prompt saturates and the loss is flat, so
+    the run never comes back. Pipelined steps make that likelier: the steps in flight were taken before the
+    climb was seen, so they keep climbing (BENCHMARKS.md, "Pipelined steps"). The median is of the raw |δ|, so
+    an outlier does not raise the bound it is held to; nothing is clipped before ``warmup`` values are seen.
+    """
+
+    def __init__(self, kappa: float, window: int = 64, warmup: int = 8) -> None:
+        self.kappa, self.window, self.warmup = kappa, window, warmup
+        self.seen: list[float] = []
+        self.clipped = 0  # δ values clipped so far
+
+    def __call__(self, deltas: np.ndarray) -> np.ndarray:
+        out = deltas
+        if len(self.seen) >= self.warmup:
+            bound = self.kappa * float(np.median(self.seen))
+            out = np.clip(deltas, -bound, bound)
+            self.clipped += int(np.count_nonzero(out != deltas))
+        self.seen = [*self.seen, *np.abs(deltas).tolist()][-self.window:]
+        return out
 
 
 def cge_probes(w: np.ndarray, mu: float) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 from ..prompt import w_norm
 from .base import Ask, Evaluation, Info, Optimizer, Probe, Request
 from .cma_search import CMAConfig, CMASearch
-from .config import LrScaling, option, pipeline_option, require, scaled_rate
+from .config import LrScaling, clip_option, option, pipeline_option, require, scaled_rate
 from .descent import RandomDirectionDescent
 from .estimators import (
     cge_gradient,
@@ -113,6 +113,7 @@ class SharpZOConfig(CMAConfig):
     mask_mu: float = option(1e-2, "length in spreads of the mask's CGE probes (floor: estimators.py)")
     mask_interval: int = option(200, "K: re-score the mask every K stage-2 steps (CGE masks only)")
     pipeline: int = pipeline_option()
+    clip: float | None = clip_option()
 
     def __post_init__(self) -> None:
         require(
@@ -127,6 +128,7 @@ class SharpZOConfig(CMAConfig):
                   self.shift_generations, self.mask_generations, self.pipeline)
         require(min(counts) >= 1, "counts must be at least 1")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
+        require(self.clip is None or self.clip > 0, f"clip must be positive or None, got {self.clip}")
         require(self.sam_rho >= 0, f"sam_rho must be non-negative, got {self.sam_rho}")
         require(0.0 <= self.sam_beta < 1.0, f"sam_beta must be in [0, 1), got {self.sam_beta}")
         for name in ("sharpness_mu", "rge_mu", "mask_mu"):
@@ -315,7 +317,7 @@ class SharpZO(Optimizer[SharpZOConfig]):
             kept = max(1, int(c.mask_fraction * self.dim + 0.5))
             lr *= (self.dim + 2) / (kept + 2)
         self._descent = RandomDirectionDescent(self._stage1.mean, lr, c.rge_mu, c.directions, self.rng,
-                                               w_norm(c.sam_rho, self.dim), c.sam_beta)
+                                               w_norm(c.sam_rho, self.dim), c.sam_beta, c.clip)
         self._cma = None  # megabytes of covariance that every stage-2 checkpoint would otherwise carry
         if self._free_masks():
             average = self._es_average(c.mask_generations)
@@ -349,5 +351,6 @@ class SharpZO(Optimizer[SharpZOConfig]):
                 info.update(val_best=float(self._val_best), val_stall=self._val_stall)
         else:
             info["grad_norm"] = float(np.linalg.norm(self._descent.gradient))
+            info.update(self._descent.clip_details())
             info["mask_fraction"] = 1.0 if self._mask is None else float(self._mask.mean())
         return info

@@ -13,8 +13,15 @@ from typing import Literal
 import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Probe, Request
-from .config import LrScaling, OptimizerConfig, option, pipeline_option, require, scaled_rate
-from .estimators import gaussian_directions, rademacher_directions, require_resolvable_step, rge_gradient, rge_probes
+from .config import LrScaling, OptimizerConfig, clip_option, option, pipeline_option, require, scaled_rate
+from .estimators import (
+    DerivativeClip,
+    gaussian_directions,
+    rademacher_directions,
+    require_resolvable_step,
+    rge_gradient,
+    rge_probes,
+)
 
 GAIN_PAIRS = 5  # the pairs at which ``a`` was chosen
 
@@ -42,11 +49,13 @@ class SPSAGCConfig(OptimizerConfig):
         20.0, "clip the gradient estimate to this norm (loss per spread·√d); None disables clipping",
     )
     pipeline: int = pipeline_option()
+    clip: float | None = clip_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.pairs >= 1, f"pairs must be at least 1, got {self.pairs}")
         require(self.pipeline >= 1, f"pipeline must be at least 1, got {self.pipeline}")
+        require(self.clip is None or self.clip > 0, f"clip must be positive or None, got {self.clip}")
         require(self.a > 0, f"a must be positive, got {self.a}")
         require_resolvable_step("c", self.c)
         require(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
@@ -70,6 +79,7 @@ class SPSAGC(Optimizer[SPSAGCConfig]):
         self._velocity = np.zeros(dim)
         self._gradient = np.zeros(dim)
         self._asked = 0  # steps asked, told or not: step k's perturbation length is c_k
+        self._clip = None if self.config.clip is None else DerivativeClip(self.config.clip)
 
     @property
     def solution(self) -> np.ndarray:
@@ -107,7 +117,8 @@ class SPSAGC(Optimizer[SPSAGCConfig]):
 
     def _absorb(self, request: Request, result: Evaluation) -> None:
         probe = request.probed()
-        self._gradient = clip_to_norm(rge_gradient(result.loss, probe.mu, probe.directions), self.config.clip_norm)
+        raw = rge_gradient(result.loss, probe.mu, probe.directions, self._clip)
+        self._gradient = clip_to_norm(raw, self.config.clip_norm)
         self._velocity = self.config.momentum * self._velocity - self._learning_rate() * self._gradient
         self._w = self._w + self._velocity
         self.iteration += 1
@@ -118,4 +129,5 @@ class SPSAGC(Optimizer[SPSAGCConfig]):
             "c": self._perturbation_size(self.iteration),
             "grad_norm": float(np.linalg.norm(self._gradient)),
             "step_norm": float(np.linalg.norm(self._velocity)),
+            **({} if self._clip is None else {"clipped": self._clip.clipped}),
         }

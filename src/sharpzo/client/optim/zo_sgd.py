@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Request
-from .config import LrScaling, OptimizerConfig, option, pipeline_option, require, scaled_rate
+from .config import LrScaling, OptimizerConfig, clip_option, option, pipeline_option, require, scaled_rate
 from .descent import RandomDirectionDescent
 from .estimators import require_resolvable_step
 
@@ -25,6 +25,7 @@ class ZOSGDConfig(OptimizerConfig):
     directions: int = option(1, "q: random directions averaged per step, sent in one request (2q queries a step)")
     lr_scaling: LrScaling = option("sqrt", "the step with q directions is lr·√q (sqrt), lr·q (linear) or lr (none)")
     pipeline: int = pipeline_option()
+    clip: float | None = clip_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -32,6 +33,7 @@ class ZOSGDConfig(OptimizerConfig):
         require_resolvable_step("mu", self.mu)
         require(self.directions >= 1, f"directions must be at least 1, got {self.directions}")
         require(self.pipeline >= 1, f"pipeline must be at least 1, got {self.pipeline}")
+        require(self.clip is None or self.clip > 0, f"clip must be positive or None, got {self.clip}")
 
 
 class ZOSGD(Optimizer[ZOSGDConfig]):
@@ -44,7 +46,7 @@ class ZOSGD(Optimizer[ZOSGDConfig]):
         super().__init__(dim, seed, config)
         c = self.config
         lr = scaled_rate(c.lr, c.directions, 1, c.lr_scaling)
-        self._descent = RandomDirectionDescent(np.zeros(dim), lr, c.mu, c.directions, self.rng)
+        self._descent = RandomDirectionDescent(np.zeros(dim), lr, c.mu, c.directions, self.rng, clip=c.clip)
 
     @property
     def solution(self) -> np.ndarray:
@@ -70,4 +72,4 @@ class ZOSGD(Optimizer[ZOSGDConfig]):
         self.iteration += 1
 
     def _details(self) -> Info:
-        return {"grad_norm": float(np.linalg.norm(self._descent.gradient))}
+        return {"grad_norm": float(np.linalg.norm(self._descent.gradient)), **self._descent.clip_details()}

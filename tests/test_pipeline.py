@@ -1,0 +1,85 @@
+"""Pipelined steps (optim/base.py): asks made ahead from the iterate as it stands, told in order, within the budget,
+and only where the method can make them ahead."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sharpzo.client.optim import build_optimizer
+
+from .test_optim_support import Quadratic, evaluate, run
+
+DIM = 4
+
+
+def centre(points: np.ndarray) -> np.ndarray:
+    """The point a random-direction ask probes around: the mean of its ± pairs."""
+    return points.mean(axis=0)
+
+
+def test_asks_are_made_ahead_from_the_iterate_as_it_stands_and_told_oldest_first() -> None:
+    opt = build_optimizer("zo-sgd", DIM, seed=1, pipeline=3, lr=0.1, mu=1e-2)
+    first = opt.asks()
+    assert len(first) == 3
+    assert all(np.allclose(centre(ask.points), 0.0) for ask in first)  # nothing told yet: every ask probes w0
+    opt.tell(evaluate(Quadratic(DIM), first[0]))
+    after = opt.asks()
+    assert after[:2] == first[1:]  # the pending asks are kept, in order
+    assert np.allclose(centre(after[2].points), opt.solution)  # the new one probes the iterate after one step
+    assert not np.allclose(opt.solution, 0.0)
+
+
+@pytest.mark.parametrize("budget", [13, 16, 17])
+def test_asks_made_ahead_fit_the_budget_together(budget: int) -> None:
+    opt = build_optimizer("zo-sgd", DIM, seed=1, budget=budget, pipeline=8, lr=0.1)
+    seen = []
+    while not opt.stop():
+        pending = opt.asks()
+        seen.append(opt.queries + sum(len(ask.points) for ask in pending))
+        opt.tell(evaluate(Quadratic(DIM), pending[0]))
+    assert max(seen) <= budget
+    assert opt.queries == budget - budget % 2
+
+
+def test_a_pipelined_run_is_the_same_one_request_at_a_time_or_all_in_flight() -> None:
+    """``optimize`` tells one ask at a time; a caller with every pending ask in flight tells them as they were made."""
+    objective = Quadratic(DIM, seed=4)
+    one_at_a_time = build_optimizer("spsa-gc", DIM, seed=2, budget=400, pipeline=4)
+    run(one_at_a_time, objective)
+    in_flight = build_optimizer("spsa-gc", DIM, seed=2, budget=400, pipeline=4)
+    sent: list = []
+    while not in_flight.stop():
+        pending = in_flight.asks()
+        sent.extend(pending[len(sent):])
+        in_flight.tell(evaluate(objective, sent.pop(0)))
+    assert np.array_equal(one_at_a_time.solution, in_flight.solution)
+
+
+def test_sharpzo_pipelines_stage_two_only() -> None:
+    opt = build_optimizer("sharpzo", DIM, seed=0, budget=2000, popsize=6, switch_iterations=3, pipeline=4)
+    objective = Quadratic(DIM)
+    depths: dict[str, list[int]] = {"cma": [], "zo": []}
+    while not opt.stop():
+        pending = opt.asks()
+        depths[opt.stage].append(len(pending))
+        opt.tell(evaluate(objective, pending[0]))
+    assert set(depths["cma"]) == {1}
+    assert depths["zo"][:-3] == [4] * (len(depths["zo"]) - 3) and depths["zo"][-3:] == [3, 2, 1]  # the budget drains
+
+
+def test_cge_masks_keep_sharpzo_steps_one_at_a_time() -> None:
+    """A mask refresh may fall between any two steps (every mask_interval), so no step is made ahead of it."""
+    opt = build_optimizer("sharpzo", DIM, seed=0, budget=400, popsize=6, switch_iterations=2, pipeline=4,
+                          sharpness="cge", mask_interval=3)
+    objective = Quadratic(DIM)
+    while not opt.stop():
+        pending = opt.asks()
+        assert len(pending) == 1
+        opt.tell(evaluate(objective, pending[0]))
+    assert opt.stage == "zo"
+
+
+def test_bbt_generations_are_never_made_ahead() -> None:
+    opt = build_optimizer("bbt", DIM, seed=0, budget=120, popsize=6)
+    assert len(opt.asks()) == 1
