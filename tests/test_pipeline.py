@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sharpzo.client.optim import build_optimizer
+from sharpzo.client.optim.estimators import DerivativeClip
 
 from .test_optim_support import Quadratic, evaluate, run
 
@@ -83,3 +84,35 @@ def test_cge_masks_keep_sharpzo_steps_one_at_a_time() -> None:
 def test_bbt_generations_are_never_made_ahead() -> None:
     opt = build_optimizer("bbt", DIM, seed=0, budget=120, popsize=6)
     assert len(opt.asks()) == 1
+
+
+def test_the_clip_bounds_an_outlier_by_the_median_of_what_came_before() -> None:
+    clip = DerivativeClip(kappa=5.0, window=64, warmup=8)
+    assert np.array_equal(clip(np.full(8, 0.01)), np.full(8, 0.01))  # the warm-up: nothing clipped
+    out = clip(np.array([0.02, -1.0, 0.6]))
+    assert np.allclose(out, [0.02, -0.05, 0.05]) and clip.clipped == 2
+    # the raw outliers enter the history, but the median stays at the usual size
+    assert np.allclose(clip(np.array([1.0])), [0.05])
+
+
+def test_without_warm_up_history_nothing_is_clipped() -> None:
+    clip = DerivativeClip(kappa=2.0, warmup=4)
+    assert np.array_equal(clip(np.array([1.0, 100.0])), np.array([1.0, 100.0]))
+    assert clip.clipped == 0
+
+
+def cliff(points: np.ndarray) -> np.ndarray:
+    """A bowl whose rim is a cliff: past |w_0| = 1 the loss jumps by 50 and then is flat."""
+    bowl = 0.5 * ((points - 0.5) ** 2).sum(axis=1)
+    return np.where(np.abs(points[:, 0]) > 1.0, bowl.clip(max=2.0) + 50.0, bowl)
+
+
+def test_a_pipelined_run_is_not_thrown_off_a_cliff_with_the_clip() -> None:
+    """A probe pair across the rim reads a huge δ: unclipped, the step throws w far out; clipped, it stays."""
+    def final(clip: float | None) -> float:
+        opt = build_optimizer("zo-sgd", DIM, seed=0, budget=2000, pipeline=8, lr=0.05, mu=0.2, clip=clip)
+        run(opt, cliff)
+        return float(np.abs(opt.solution).max())
+
+    assert final(None) > 10.0
+    assert final(5.0) < 2.0

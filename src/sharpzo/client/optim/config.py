@@ -34,7 +34,7 @@ def scaled_rate(rate: float, count: int, reference: int, scaling: LrScaling) -> 
     return rate if count == reference else rate * (count / reference) ** _POWERS[scaling]
 
 
-DEFAULT_PIPELINE = 1
+DEFAULT_PIPELINE = 8
 
 
 def pipeline_option() -> Any:
