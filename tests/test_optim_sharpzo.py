@@ -221,7 +221,8 @@ def test_rescaled_mask_lr_is_the_second_moment_ratio() -> None:
 
 def test_zo_sam_evaluates_each_pair_at_an_ascent_along_the_running_average() -> None:
     rho, beta = 0.2, 0.5
-    opt = sharpzo(switch_iterations=0, mask_fraction=1.0, sam_rho=rho, sam_beta=beta)
+    # one step at a time, so the next ask is made after the last tell (pipelined, it was made before it)
+    opt = sharpzo(switch_iterations=0, mask_fraction=1.0, sam_rho=rho, sam_beta=beta, pipeline=1)
     quadratic = Quadratic(D, seed=1)
     first = opt.ask().points
     np.testing.assert_allclose(first.mean(axis=0), opt.solution, atol=1e-12)  # m = 0: the plain pair
