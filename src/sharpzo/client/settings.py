@@ -93,7 +93,10 @@ class TuneSettings:
         "session", env="SHARPZO_SERVER", metavar="URL",
     )
     api_key: str | None = setting(None, "API key", "session", env="SHARPZO_API_KEY", metavar="KEY")
-    concurrency: int = setting(4, "requests in flight at once, over this whole client", "session")
+    concurrency: int = setting(
+        10, "requests in flight at once, over this whole client (8 pipelined steps and a monitor evaluation's 2)",
+        "session",
+    )
     ca_bundle: str | None = setting(
         None, "PEM file (or folder) of CA certificates to trust for an https:// server, e.g. a private CA "
         "(SSL_CERT_FILE works too)", "session", env="SHARPZO_CA_BUNDLE", metavar="PEM",
