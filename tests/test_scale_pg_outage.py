@@ -105,7 +105,8 @@ def test_tune_runs_survive_postgres_outages(postgres_server: PostgresServer, pos
             subprocess.Popen(
                 [SHARPZO, "tune", "--server", server.url, "--api-key", KEYS[i], "--out", str(run), "--dataset",
                  "animals", "--shots", "2", "--method", "zo-sgd", "--budget", str(BUDGET), "--eval-every", "0",
-                 "--seed", str(i), "--no-progress"],
+                 "--seed", str(i), "--no-progress", "--opt", "pipeline=1"],  # one request a run waits on its row:
+                # pipelined, 8 would, and hold the server's ledger pool so that the usage reads here wait too
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )
             for i, run in enumerate(runs)

@@ -108,10 +108,14 @@ def test_the_final_prompt_is_returned_when_it_validates_best(tiny_server, tmp_pa
 
 def test_early_stop_after_n_evaluations_without_improvement(tiny_server, tmp_path, monkeypatch) -> None:
     script_validation(monkeypatch, lambda e: 0.5)
-    result = monitored(tiny_server.url, tmp_path / "run", budget=200, eval_every=10, early_stop=2)
+    sequential = {"options": {"pipeline": 1}}
+    result = monitored(tiny_server.url, tmp_path / "run", budget=200, eval_every=10, early_stop=2, **sequential)
     # monitors at 10 and 20 do not beat zero-shot; at the point due at 30 the run stops, and that is the final
     assert result.queries == 30
     assert [line["queries"] for line in log_lines(tmp_path / "run") if "val_accuracy" in line] == [0, 10, 20, 30]
+    # pipelined (8 steps in flight), the stop is decided at the same tell, and the 7 steps in flight are told
+    pipelined = monitored(tiny_server.url, tmp_path / "pipelined", budget=200, eval_every=10, early_stop=2)
+    assert pipelined.queries == 30 + 2 * 7
     with pytest.raises(ValueError, match="early_stop needs eval_every"):
         tune("animals", server=tiny_server.url, out=tmp_path / "x", **COMMON, budget=20, eval_every=0, early_stop=1)
 
@@ -182,9 +186,12 @@ class Overlap:
 
 def test_monitoring_overlaps_training_and_leaves_the_trajectory_alone(tiny_server, tmp_path, monkeypatch) -> None:
     budget = 58  # the last monitor point is at 50, and 4 steps follow it
-    plain = tune("animals", server=tiny_server.url, out=tmp_path / "plain", **COMMON, budget=budget, eval_every=0)
+    # one step at a time: Overlap counts training results as they land, which pipelined steps do before their tells
+    sequential = {"options": {"pipeline": 1}}
+    plain = tune("animals", server=tiny_server.url, out=tmp_path / "plain", **COMMON, budget=budget, eval_every=0,
+                 **sequential)
     Overlap(ahead=3).install(monkeypatch)
-    watched = monitored(tiny_server.url, tmp_path / "watched", budget=budget, eval_every=10)
+    watched = monitored(tiny_server.url, tmp_path / "watched", budget=budget, eval_every=10, **sequential)
     lines = log_lines(tmp_path / "watched")
     monitors = [i for i, line in enumerate(lines) if line["stage"] == "monitor"]
     assert [lines[i]["queries"] for i in monitors] == [10, 20, 30, 40, 50]  # at most one in flight, in order
