@@ -57,6 +57,12 @@ def clip_option() -> Any:
     )
 
 
+def require_stepping(pipeline: int, clip: float | None) -> None:
+    """The checks of ``pipeline_option`` and ``clip_option``, shared by the random-direction methods."""
+    require(pipeline >= 1, f"pipeline must be at least 1, got {pipeline}")
+    require(clip is None or clip > 0, f"clip must be positive or None, got {clip}")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """Base of every optimiser's options. Literal-typed fields are checked against their choices."""

@@ -31,7 +31,7 @@ import numpy as np
 from ..prompt import w_norm
 from .base import Ask, Evaluation, Info, Optimizer, Probe, Request
 from .cma_search import CMAConfig, CMASearch
-from .config import LrScaling, clip_option, option, pipeline_option, require, scaled_rate
+from .config import LrScaling, clip_option, option, pipeline_option, require, require_stepping, scaled_rate
 from .descent import RandomDirectionDescent
 from .estimators import (
     cge_gradient,
@@ -128,7 +128,7 @@ class SharpZOConfig(CMAConfig):
                   self.shift_generations, self.mask_generations, self.pipeline)
         require(min(counts) >= 1, "counts must be at least 1")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
-        require(self.clip is None or self.clip > 0, f"clip must be positive or None, got {self.clip}")
+        require_stepping(self.pipeline, self.clip)
         require(self.sam_rho >= 0, f"sam_rho must be non-negative, got {self.sam_rho}")
         require(0.0 <= self.sam_beta < 1.0, f"sam_beta must be in [0, 1), got {self.sam_beta}")
         for name in ("sharpness_mu", "rge_mu", "mask_mu"):

@@ -13,7 +13,16 @@ from typing import Literal
 import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Probe, Request
-from .config import LrScaling, OptimizerConfig, clip_option, option, pipeline_option, require, scaled_rate
+from .config import (
+    LrScaling,
+    OptimizerConfig,
+    clip_option,
+    option,
+    pipeline_option,
+    require,
+    require_stepping,
+    scaled_rate,
+)
 from .estimators import (
     DerivativeClip,
     gaussian_directions,
@@ -54,8 +63,7 @@ class SPSAGCConfig(OptimizerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.pairs >= 1, f"pairs must be at least 1, got {self.pairs}")
-        require(self.pipeline >= 1, f"pipeline must be at least 1, got {self.pipeline}")
-        require(self.clip is None or self.clip > 0, f"clip must be positive or None, got {self.clip}")
+        require_stepping(self.pipeline, self.clip)
         require(self.a > 0, f"a must be positive, got {self.a}")
         require_resolvable_step("c", self.c)
         require(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")

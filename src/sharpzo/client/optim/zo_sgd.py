@@ -7,7 +7,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Request
-from .config import LrScaling, OptimizerConfig, clip_option, option, pipeline_option, require, scaled_rate
+from .config import (
+    LrScaling,
+    OptimizerConfig,
+    clip_option,
+    option,
+    pipeline_option,
+    require,
+    require_stepping,
+    scaled_rate,
+)
 from .descent import RandomDirectionDescent
 from .estimators import require_resolvable_step
 
@@ -32,8 +41,7 @@ class ZOSGDConfig(OptimizerConfig):
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
         require_resolvable_step("mu", self.mu)
         require(self.directions >= 1, f"directions must be at least 1, got {self.directions}")
-        require(self.pipeline >= 1, f"pipeline must be at least 1, got {self.pipeline}")
-        require(self.clip is None or self.clip > 0, f"clip must be positive or None, got {self.clip}")
+        require_stepping(self.pipeline, self.clip)
 
 
 class ZOSGD(Optimizer[ZOSGDConfig]):
