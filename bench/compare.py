@@ -92,7 +92,7 @@ def model_line(runs: dict[str, list[Path]]) -> str:
 
 
 def summarise(args: argparse.Namespace, runs: dict[str, list[Path]]) -> str:
-    grid = np.arange(0, args.budget + 1, args.eval_every)
+    grid = np.arange(0, args.budget + 1, args.eval_every or args.budget)  # --eval-every 0: zero-shot and final
     curves = config_curves(runs, grid)
     finals = {name: np.array([final_budget(r)["test_accuracy"] for r in dirs]) for name, dirs in runs.items()}
     zero_shot = np.mean([final_budget(r)["zero_shot_test_accuracy"] for dirs in runs.values() for r in dirs])
