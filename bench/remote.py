@@ -76,11 +76,10 @@ async def one_run(args: argparse.Namespace, server: EmbeddedServer, config: RunC
             out=run_dir, progress=False, eval_every=args.eval_every, options=config.options, **args.tune,
         )
         wall = time.perf_counter() - started
-    spent = result.summary()["budget"]
-    total = spent["total_queries"]
+    total = result.budget.total_queries
     row = {
         "config": config.name, "rtt_ms": rtt, "wall_s": wall, "loop_s": result.wall_seconds,
-        "requests": spent["requests"], "total_queries": total, "queries": result.queries,
+        "requests": result.budget.requests, "total_queries": total, "queries": result.queries,
         "up_bytes_per_query": proxy.traffic.up / total, "down_bytes_per_query": proxy.traffic.down / total,
         "test_accuracy": result.test_accuracy, "zero_shot_test_accuracy": result.zero_shot_test_accuracy,
         "w": result.w.tolist(), "curve": time_curve(run_dir),

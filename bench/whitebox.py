@@ -16,17 +16,16 @@ as the result. A visual lr is in the stems' units: --lr times the stems' spread 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from sharpzo.data.base import LabeledImages
 from sharpzo.data.fewshot import few_shot_task
+from sharpzo.data.image_io import decode_rgb
 from sharpzo.server.images import encode_images, encode_stems
 from sharpzo.server.model import LoadedModel, load_model
 from sharpzo.server.settings import ServerSettings
@@ -39,7 +38,7 @@ def split_loss(
     loaded: LoadedModel, encoder: PromptedTextEncoder, image_encoder: PromptedImageEncoder | None,
     class_names: list[str], images: LabeledImages,
 ) -> PromptLoss:
-    decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images.images]
+    decoded = [decode_rgb(b) for b in images.images]
     stems = None if image_encoder is None else encode_stems(loaded, decoded, image_encoder).clone()
     return PromptLoss(encoder, loaded.logit_scale, class_names, encode_images(loaded, decoded),
                       torch.as_tensor(images.labels), image_encoder, stems)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -96,12 +97,21 @@ def test_an_idle_batcher_does_not_open_the_window() -> None:
     assert [(s.jobs, s.window_opened) for s in stats] == [(1, False)] * 3
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until ``condition`` holds (bounded)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
 def test_the_window_opens_for_a_request_on_its_way() -> None:
     async def two_clients(batcher: MicroBatcher) -> None:
         with batcher.arriving():  # the second request is still being validated when the first is queued
             first = asyncio.ensure_future(batcher.submit(_job(0)))
-            for _ in range(5):  # let the batcher take the first job
-                await asyncio.sleep(0)
+            await _until(lambda: not batcher._queue.empty())  # submitted
+            await _until(batcher._queue.empty)  # taken: the batcher decides on the window in the same step
         await asyncio.gather(first, batcher.submit(_job(1)))
 
     # the two jobs fill batch_max_candidates = 4, so the batch runs without waiting the window out

@@ -10,18 +10,17 @@ It speaks the wire protocol (``sharpzo.shared``) with httpx itself: tools never 
 from __future__ import annotations
 
 import base64
-import io
 from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
 import numpy as np
 import torch
-from PIL import Image
 from pydantic import BaseModel
 
 from sharpzo.data.base import LabeledImages
 from sharpzo.data.fewshot import few_shot_task
+from sharpzo.data.image_io import decode_rgb
 from sharpzo.server.images import encode_images
 from sharpzo.server.model import LoadedModel, load_model
 from sharpzo.server.scoring import score
@@ -57,7 +56,7 @@ class InProcessScorer:
         loaded = load_model(ServerSettings(model=model))
         encoder = PromptedTextEncoder(loaded, chunk_tokens=4096)
         task = few_shot_task(dataset, shots, seed)
-        features = encode_images(loaded, [Image.open(io.BytesIO(b)).convert("RGB") for b in task.train.images])
+        features = encode_images(loaded, [decode_rgb(b) for b in task.train.images])
         labels = torch.as_tensor(task.train.labels)
         loss_fn = PromptLoss(encoder, loaded.logit_scale, task.class_names, features, labels)
         return cls(loaded, loss_fn, task.train)

@@ -6,7 +6,6 @@ test splits) can be seen in pretraining; the manifest written by ``pretrain`` re
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from sharpzo.data.catalog import DATASETS, load_split
+from sharpzo.data.image_io import decode_rgb
 from sharpzo.data.locate import DatasetNotInstalledError
 
 CAPTION_TEMPLATES: tuple[str, ...] = (
@@ -77,7 +77,7 @@ def build_corpus(
         if len(train) > max_per_dataset:
             indices = np.sort(rng.choice(len(train), size=max_per_dataset, replace=False))
         subset = train.subset(indices)
-        images = torch.stack([preprocess(Image.open(io.BytesIO(data))) for data in subset.images])
+        images = torch.stack([preprocess(decode_rgb(data)) for data in subset.images])
         parts.append(
             CorpusPart(name, images.half(), subset.labels, subset.class_names, indices, subset.hashes())
         )

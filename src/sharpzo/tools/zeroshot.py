@@ -7,7 +7,6 @@ scores real CLIP where its weights can be had.
 from __future__ import annotations
 
 import argparse
-import io
 from collections.abc import Callable
 
 import open_clip
@@ -19,6 +18,7 @@ from rich.table import Table
 from sharpzo.data.base import LabeledImages
 from sharpzo.data.catalog import DATASETS
 from sharpzo.data.fewshot import downstream_split
+from sharpzo.data.image_io import decode_rgb
 from sharpzo.data.locate import DatasetNotInstalledError
 from sharpzo.server.project_models import DEFAULT_MODEL, register_project_configs, shipped_weights
 
@@ -39,7 +39,7 @@ def zero_shot_accuracy(
     correct = 0
     for start in range(0, len(data), batch_size):
         chunk = data.images[start : start + batch_size]
-        pixels = torch.stack([preprocess(Image.open(io.BytesIO(b))) for b in chunk])
+        pixels = torch.stack([preprocess(decode_rgb(b)) for b in chunk])
         predicted = (model.encode_image(pixels, normalize=True) @ text.T).argmax(dim=1).numpy()
         correct += int((predicted == data.labels[start : start + batch_size]).sum())
     return correct / len(data)
