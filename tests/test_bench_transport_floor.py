@@ -21,4 +21,4 @@ def test_the_floor_waits_as_asked_and_reports_its_time() -> None:
             response = http.post(f"/v1/logits?wait_ms={wait_ms}", content=b"x" * 50_000)
             assert response.status_code == 200 and response.json() == {"ok": True}
             app_ms = float(re.fullmatch(r"app;dur=([0-9.]+)", response.headers[SERVER_TIMING_HEADER]).group(1))
-            assert wait_ms <= app_ms < wait_ms + 5_000
+            assert app_ms >= wait_ms  # a lower bound only: load can lengthen the wait, never shorten it
