@@ -125,10 +125,10 @@ class SharpZOConfig(CMAConfig):
         require(self.rho >= 0, f"rho must be non-negative, got {self.rho}")
         require(0.0 < self.mask_fraction <= 1.0, f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
         counts = (self.sharpness_probes, self.directions, self.patience, self.mask_interval,
-                  self.shift_generations, self.mask_generations, self.pipeline)
+                  self.shift_generations, self.mask_generations)
         require(min(counts) >= 1, "counts must be at least 1")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
-        require_stepping(self.pipeline, self.clip)
+        require_stepping(self.pipeline, self.clip)  # pipeline >= 1 is checked there
         require(self.sam_rho >= 0, f"sam_rho must be non-negative, got {self.sam_rho}")
         require(0.0 <= self.sam_beta < 1.0, f"sam_beta must be in [0, 1), got {self.sam_beta}")
         for name in ("sharpness_mu", "rge_mu", "mask_mu"):
