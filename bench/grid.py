@@ -11,7 +11,7 @@ from typing import Any
 from sharpzo.client.runner import connect, tune_async
 
 # Options of the run itself rather than of its optimiser (see TuneSettings), e.g. prompt="joint".
-RUN_SETTINGS = frozenset({"alpha", "dim", "prompt", "visual_dim", "visual_tokens", "directions"})
+RUN_SETTINGS = frozenset({"alpha", "visual_alpha", "dim", "prompt", "visual_dim", "visual_tokens", "directions"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,12 @@ class RunConfig:
             value = json.loads(raw) if raw not in ("", "None") else None
             (settings if key in RUN_SETTINGS else options)[key] = value
         return cls(name, method, options, settings)
+
+    @property
+    def group(self) -> str:
+        """The method, and the prompt kind when not text: what a selection chooses one config for."""
+        kind = self.settings.get("prompt", "text")
+        return self.method if kind == "text" else f"{self.method} ({kind})"
 
     def describe(self) -> str:
         settings = "".join(f" {key}={value}" for key, value in self.settings.items())

@@ -6,7 +6,8 @@
 Runs each candidate config on selection seeds (disjoint from the evaluation seeds, so the
 few-shot draws differ) and ranks the configs of each method by the final validation
 accuracy of their prompt (ties, common on a 300-image validation set at small budgets,
-broken by the lower final validation loss). Every query the selection spent, method and monitoring, is
+broken by the lower final validation loss); configs of one method that tune different prompt kinds (prompt=...)
+compete apart. Every query the selection spent, method and monitoring, is
 summed into the report, because a user tuning hyperparameters would pay for them too.
 """
 
@@ -46,12 +47,14 @@ def main() -> None:
     for run_dir in dirs:
         by_config[run_dir.parent.name].append({**final_budget(run_dir), "val_loss": final_val_loss(run_dir)})
     methods = {c.name: c for c in args.config}
-    rows, best, spent = [], {}, 0
+    rows: list[list[str]] = []
+    best: dict[str, tuple[str, tuple[float, float]]] = {}
+    spent = 0
     for name, results in by_config.items():
         val = float(np.mean([r["val_accuracy"] for r in results]))
         val_loss = float(np.mean([r["val_loss"] for r in results]))
         spent += sum(r["budget"]["total_queries"] for r in results)
-        method = methods[name].method
+        method = methods[name].group
         if method not in best or (val, -val_loss) > best[method][1]:
             best[method] = (name, (val, -val_loss))
         rows.append([name, method, f"{100 * val:.1f}", f"{val_loss:.4f}"])
@@ -59,7 +62,7 @@ def main() -> None:
     rows = [[*row, "chosen" if chosen[row[1]] == row[0] else ""] for row in rows]
     text = "\n\n".join([
         f"### Selection on {args.dataset} validation, seeds {args.seeds}, {args.budget} queries per run",
-        markdown_table(["config", "method", "val acc %", "val loss", ""], rows),
+        markdown_table(["config", "method (prompt)", "val acc %", "val loss", ""], rows),
         f"Queries spent on selection, all runs and monitoring included: {spent}.",
     ])
     out = args.out / args.dataset

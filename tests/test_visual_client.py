@@ -84,6 +84,24 @@ def test_each_tower_moves_in_its_own_spreads() -> None:
     assert text_spreads == pytest.approx(r, rel=0.15) and visual_spreads == pytest.approx(r, rel=0.15)
 
 
+def test_visual_alpha_scales_the_image_tower_alone_and_is_recorded() -> None:
+    """visual_alpha is the image tower's own alpha: the visual tokens move visual_alpha times as far (so an
+    optimiser's lr reaches them times visual_alpha**2), the text part is unchanged, bit for bit."""
+    def space(visual_alpha: float) -> PromptMap:
+        return PromptMap.create("joint", _p0(), 512, seed=1, alpha=1.0, visual_tokens=8, visual_width=VISUAL_WIDTH,
+                                visual_spread=0.7, visual_alpha=visual_alpha)
+
+    w = 0.3 * np.random.default_rng(2).standard_normal(512)
+    plain, scaled = space(1.0).prompts(w), space(0.05).prompts(w)
+    assert plain.visual is not None and scaled.visual is not None
+    assert np.array_equal(plain.text, scaled.text)
+    assert np.allclose(scaled.visual, 0.05 * plain.visual, rtol=1e-5, atol=1e-7)
+    assert space(0.05).record()["visual_alpha"] == 0.05
+    with pytest.raises(ValueError, match="visual_alpha must be positive"):
+        TuneSettings(prompt="visual", visual_alpha=0.0)
+    assert TuneSettings(prompt="visual", visual_alpha=0.05).run_settings()["visual_alpha"] == 0.05
+
+
 def test_settings_check_the_kind_and_the_split() -> None:
     assert TuneSettings().prompt == "text" and "prompt" in TuneSettings().run_settings()
     with pytest.raises(ValueError, match="unknown prompt 'image'"):

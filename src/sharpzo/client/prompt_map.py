@@ -6,8 +6,15 @@ prompt space (client/prompt.py) and its own spreads.
   the class token, before the first block); the text prompt stays p0, sent once for every candidate.
 - joint: one w = [w_t, w_v] of d = d_t + d_v coordinates, the first d_t driving the text prompt and the last d_v
   the visual one. By default d_v = d // 2: a joint run has the d (and so the optimisers' query costs) of a text run,
-  shared about equally. Each part's projection is scaled for its own dimension, so a w step of r spreads moves each
-  tower by r of its own spreads; the text part is the text space of a text run with d_t coordinates, bit for bit.
+  shared about equally. Each part's projection is scaled for its own dimension, so a w step of r spreads moves the
+  text tower by alpha * r of its spreads and the image tower by visual_alpha * r of its own; the text part is the
+  text space of a text run with d_t coordinates, bit for bit.
+
+visual_alpha is the image tower's alpha: its own scale, because the spreads put the two towers' token sizes on one
+scale but not their gradients. Measured on groceries (BENCHMARKS "Do visual and joint prompts help"), a visual
+step wants an lr about 1000x smaller than a text step; an optimiser's lr moves a tower by lr * alpha**2 and its
+probes by mu * alpha, so visual_alpha is how one w (and one lr, sigma and mu per optimiser) serves both towers
+of a joint prompt, with no optimiser knowing which coordinates drive which.
 
 The optimisers see w alone: none knows which kind it tunes.
 
@@ -32,6 +39,7 @@ from .prompt import VISUAL_STREAM, PromptSpace
 
 PromptKind = Literal["text", "visual", "joint"]
 PROMPT_KINDS: tuple[PromptKind, ...] = ("text", "visual", "joint")
+DEFAULT_VISUAL_ALPHA = 1.0
 
 
 def needs_stems(kind: PromptKind) -> bool:
@@ -72,6 +80,7 @@ class PromptMap:
     def create(
         cls, kind: PromptKind, p0: np.ndarray, dim: int, seed: int, alpha: float, *, visual_dim: int | None = None,
         visual_tokens: int = 0, visual_width: int | None = None, visual_spread: float | None = None,
+        visual_alpha: float = DEFAULT_VISUAL_ALPHA,
     ) -> PromptMap:
         """``visual_width`` (/v1/model) and ``visual_spread`` (the training set's stem_spread) only for visual kinds."""
         d_t, d_v = dims(kind, dim, visual_dim)
@@ -81,7 +90,7 @@ class PromptMap:
             if visual_width is None or visual_spread is None or visual_tokens < 1:
                 raise ValueError(f"--prompt {kind} needs visual tokens, the image tower's width and its stems' spread")
             p0_v = np.zeros((visual_tokens, visual_width), dtype=np.float32)
-            visual = PromptSpace.create(p0_v, d_v, seed, alpha, spread=visual_spread, stream=VISUAL_STREAM)
+            visual = PromptSpace.create(p0_v, d_v, seed, visual_alpha, spread=visual_spread, stream=VISUAL_STREAM)
         return cls(kind, p0.astype(np.float32), text, visual)
 
     @property
@@ -109,5 +118,5 @@ class PromptMap:
             out.update(text_dim=self.text.dim, text_spread=self.text.spread)
         if self.visual is not None:
             out.update(visual_dim=self.visual.dim, visual_tokens=self.visual.m, visual_width=self.visual.p0.shape[1],
-                       visual_spread=self.visual.spread)
+                       visual_spread=self.visual.spread, visual_alpha=self.visual.alpha)
         return out

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from .latency import parse_directions
 from .optim import OPTIMIZERS
 from .prompt import DEFAULT_ALPHA, DEFAULT_INIT_TEXT
-from .prompt_map import PROMPT_KINDS, PromptKind, dims
+from .prompt_map import DEFAULT_VISUAL_ALPHA, PROMPT_KINDS, PromptKind, dims
 
 Role = Literal["run", "data", "session"]
 PRESETS_FILE = "presets.json"
@@ -54,6 +54,10 @@ class TuneSettings:
     )
     visual_tokens: int = setting(4, "m_v: visual prompt tokens, for --prompt visual and joint", "run")
     alpha: float = setting(DEFAULT_ALPHA, "projection scale in token-embedding spreads per unit of w", "run")
+    visual_alpha: float = setting(
+        DEFAULT_VISUAL_ALPHA, "--prompt visual and joint: the visual projection's scale, in the image tower's stem "
+        "spreads per unit of w (its lr is the optimiser's times visual_alpha**2; client/prompt_map.py)", "run",
+    )
     init_text: str = setting(DEFAULT_INIT_TEXT, "text whose token embeddings are the initial prompt p0", "run")
     eval_every: int = setting(
         1000,
@@ -130,6 +134,8 @@ class TuneSettings:
         dims(self.prompt, self.dim, self.visual_dim)
         if self.directions is not None:
             parse_directions(self.directions)
+        if not self.alpha > 0 or not self.visual_alpha > 0:
+            raise ValueError(f"alpha and visual_alpha must be positive, got {self.alpha} and {self.visual_alpha}")
         if not self.timeout > 0:
             raise ValueError(f"timeout must be positive, got {self.timeout}")
         if self.early_stop and not self.eval_every:

@@ -143,7 +143,7 @@ async def prompt_map(api: ApiClient, settings: TuneSettings, remote: RemoteTask)
     p0 = await api.token_embeddings(s.init_text)
     return PromptMap.create(
         s.prompt, p0, s.dim, s.seed, s.alpha, visual_dim=s.visual_dim, visual_tokens=s.visual_tokens,
-        visual_width=model.visual_width, visual_spread=remote.train.stem_spread,
+        visual_alpha=s.visual_alpha, visual_width=model.visual_width, visual_spread=remote.train.stem_spread,
     )
 
 
