@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from .api import ApiClient
 from .embedded import EmbeddedServer
 from .install_check import require_server
@@ -53,10 +55,14 @@ async def run_tune(data: Data, settings: TuneSettings) -> TuneResult:
     task = resolve_task(data, settings.shots, settings.seed, settings.test_data, settings.allow_fewer)
     default_dir = Path("runs") / f"{task.name}-{settings.method}-s{settings.seed}"
     run_dir = settings.out if settings.out is not None else default_dir
-    async with connect(settings.server, settings.api_key, settings.concurrency, settings.ca_bundle, settings.timeout,
-                       settings.compress) as api:
-        tuner = Tuner(api, task, settings, Path(run_dir), show_progress=settings.progress)
-        return await tuner.run(resume=settings.resume)
+    # The client's linear algebra is small (a step projects 2q points of d through an [m * width, d] matrix), so
+    # OpenBLAS's thread pool costs far more than it saves, most of all beside a busy server on the same cores:
+    # 10-16 ms a projection with the pool against 0.2-0.6 ms on one thread (BENCHMARKS "The client's own time").
+    with threadpool_limits(limits=1, user_api="blas"):
+        async with connect(settings.server, settings.api_key, settings.concurrency, settings.ca_bundle,
+                           settings.timeout, settings.compress) as api:
+            tuner = Tuner(api, task, settings, Path(run_dir), show_progress=settings.progress)
+            return await tuner.run(resume=settings.resume)
 
 
 def tune(data: Data, *, preset: str | None = None, **options: Any) -> TuneResult:
