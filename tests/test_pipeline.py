@@ -81,9 +81,29 @@ def test_cge_masks_keep_sharpzo_steps_one_at_a_time() -> None:
     assert opt.stage == "zo"
 
 
-def test_bbt_generations_are_never_made_ahead() -> None:
-    opt = build_optimizer("bbt", DIM, seed=0, budget=120, popsize=6)
-    assert len(opt.asks()) == 1
+def test_bbt_makes_generations_ahead_only_when_pipelined() -> None:
+    assert len(build_optimizer("bbt", DIM, seed=0, budget=120, popsize=6).asks()) == 1
+    opt = build_optimizer("bbt", DIM, seed=0, budget=120, popsize=6, pipeline=2)
+    first = opt.asks()
+    assert len(first) == 2 and not np.array_equal(first[0].points, first[1].points)
+    mean_before = opt.solution
+    opt.tell(evaluate(Quadratic(DIM), first[0]))
+    assert opt.asks()[0] is first[1]  # the generation drawn ahead is kept, then told against the updated mean
+    assert not np.array_equal(opt.solution, mean_before)
+
+
+def test_pipelined_cma_es_still_converges_on_a_quadratic() -> None:
+    """Each generation drawn one generation stale: slower, but CMA-ES still closes in on the minimum."""
+    dim, objective = 10, Quadratic(10, seed=3)
+    start = float(objective(np.zeros((1, dim)))[0])
+    for pipeline in (1, 2):
+        opt = build_optimizer("bbt", dim, seed=1, budget=3000, popsize=10, pipeline=pipeline, bound=None)
+        sent: list = []
+        while not opt.stop():
+            pending = opt.asks()
+            sent.extend(pending[len(sent):])
+            opt.tell(evaluate(objective, sent.pop(0)))
+        assert objective(opt.solution[None])[0] < 1e-3 * start, pipeline
 
 
 def test_the_clip_bounds_an_outlier_by_the_median_of_what_came_before() -> None:

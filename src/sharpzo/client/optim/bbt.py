@@ -1,4 +1,4 @@
-"""BBT: plain CMA-ES on w (popsize 40, bounds ±5)."""
+"""BBT: plain CMA-ES on w (popsize 40, bounds ±2.5 spreads), optionally with generations in flight."""
 
 from __future__ import annotations
 
@@ -8,11 +8,22 @@ import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Request
 from .cma_search import CMAConfig, CMASearch
+from .config import option, require
 
 
 @dataclass(frozen=True)
 class BBTConfig(CMAConfig):
-    """Plain CMA-ES: only the shared CMA options."""
+    """Plain CMA-ES, and how many of its generations may be in flight."""
+
+    pipeline: int = option(
+        1, "generations in flight at once: generation g+1 is sampled before g is ranked (from the distribution as "
+        "it stands; cma_search.py), so a remote run waits one round trip per `pipeline` generations; 1: one at a "
+        "time",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.pipeline >= 1, f"pipeline must be at least 1, got {self.pipeline}")
 
 
 class BBT(Optimizer[BBTConfig]):
@@ -33,8 +44,15 @@ class BBT(Optimizer[BBTConfig]):
     def stage(self) -> str:
         return "cma"
 
+    @property
+    def depth(self) -> int:
+        return self.config.pipeline
+
     def _request(self) -> Request:
         return Request(Ask(self._cma.sample()), "population")
+
+    def _ahead_size(self) -> int:
+        return self.config.popsize
 
     def _absorb(self, request: Request, result: Evaluation) -> None:
         self._cma.update(result.loss)

@@ -1,7 +1,15 @@
-"""pycma behind a small sample/update interface, drawing from the optimiser's own Generator."""
+"""pycma behind a small sample/update interface, drawing from the optimiser's own Generator.
+
+Generations may be sampled ahead: ``sample()`` twice before ``update()`` draws the second generation
+from the distribution as it stands, before the first is ranked (a lag of one generation, as a pipelined
+step's probes are stale by the steps before it). Updates take the generations oldest first; one that
+was drawn before the last update is told with pycma's point checks on (``check_points``), which clip
+any candidate whose Mahalanobis length under the updated distribution a fresh sample would not reach.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import cma
@@ -50,18 +58,26 @@ class CMASearch:
             "verb_log": 0,
         }
         self._es = cma.CMAEvolutionStrategy(np.zeros(dim), config.sigma0, options)
-        self._candidates: list[np.ndarray] | None = None
+        self._pending: deque[tuple[list[np.ndarray], int]] = deque()  # sampled, not yet ranked; with countiter then
+        self._asked = False  # an ask since the last tell: pycma takes one tell per ask
 
     def sample(self) -> np.ndarray:
-        """(S, d) candidates of the next generation, kept until ``update``."""
-        self._candidates = self._es.ask()
-        return np.array(self._candidates)
+        """(S, d) candidates of the next generation, kept until their ``update``."""
+        candidates = self._es.ask()
+        self._asked = True
+        self._pending.append((candidates, self._es.countiter))
+        return np.array(candidates)
 
     def update(self, losses: np.ndarray) -> None:
-        if self._candidates is None:
+        """Rank the oldest generation not yet ranked."""
+        if not self._pending:
             raise RuntimeError("update() before sample()")
-        self._es.tell(self._candidates, np.asarray(losses, dtype=float))
-        self._candidates = None
+        candidates, drawn_at = self._pending.popleft()
+        if not self._asked:  # a generation drawn ahead, told with nothing drawn since the last tell (the budget's end)
+            self._es.ask()
+        stale = drawn_at != self._es.countiter
+        self._es.tell(candidates, np.asarray(losses, dtype=float), check_points=True if stale else None)
+        self._asked = False
 
     @property
     def mean(self) -> np.ndarray:
