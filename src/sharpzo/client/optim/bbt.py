@@ -34,7 +34,7 @@ class BBT(Optimizer[BBTConfig]):
 
     def __init__(self, dim: int, seed: int = 0, config: BBTConfig | None = None) -> None:
         super().__init__(dim, seed, config)
-        self._cma = CMASearch(dim, self.config, self.rng)
+        self._cma = CMASearch(dim, self.config, self.rng, ahead=self.config.pipeline)
 
     @property
     def solution(self) -> np.ndarray:

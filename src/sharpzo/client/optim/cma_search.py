@@ -5,12 +5,16 @@ from the distribution as it stands, before the first is ranked (a lag of one gen
 step's probes are stale by the steps before it). Updates take the generations oldest first; one that
 was drawn before the last update is told with pycma's point checks on (``check_points``), which clip
 any candidate whose Mahalanobis length under the updated distribution a fresh sample would not reach.
+Such a search adapts σ by cumulative step-size adaptation (CSA): pycma's default here, two-point
+adaptation (TPA), puts a mirrored pair along the last mean shift into each generation and reads σ off
+their ranks, which a generation drawn before that shift cannot carry (pycma warns of the inconsistency).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import cma
 import numpy as np
@@ -46,9 +50,10 @@ class GeneratorNormal:
 class CMASearch:
     """A CMA-ES run started at x0 = 0. ``sample()`` draws one generation, ``update()`` ranks it."""
 
-    def __init__(self, dim: int, config: CMAConfig, rng: np.random.Generator) -> None:
+    def __init__(self, dim: int, config: CMAConfig, rng: np.random.Generator, ahead: int = 1) -> None:
+        """``ahead``: the most generations that will be sampled before the first of them is updated."""
         bounds = [None, None] if config.bound is None else [-config.bound, config.bound]
-        options = {
+        options: dict[str, Any] = {
             "popsize": config.popsize,
             "bounds": bounds,
             "randn": GeneratorNormal(rng),
@@ -57,6 +62,8 @@ class CMASearch:
             "verb_disp": 0,
             "verb_log": 0,
         }
+        if ahead > 1:
+            options["AdaptSigma"] = cma.sigma_adaptation.CMAAdaptSigmaCSA
         self._es = cma.CMAEvolutionStrategy(np.zeros(dim), config.sigma0, options)
         self._pending: deque[tuple[list[np.ndarray], int]] = deque()  # sampled, not yet ranked; with countiter then
         self._asked = False  # an ask since the last tell: pycma takes one tell per ask
