@@ -82,7 +82,7 @@ def test_cge_masks_keep_sharpzo_steps_one_at_a_time() -> None:
 
 
 def test_bbt_makes_generations_ahead_only_when_pipelined() -> None:
-    assert len(build_optimizer("bbt", DIM, seed=0, budget=120, popsize=6).asks()) == 1
+    assert len(build_optimizer("bbt", DIM, seed=0, budget=120, popsize=6, pipeline=1).asks()) == 1
     opt = build_optimizer("bbt", DIM, seed=0, budget=120, popsize=6, pipeline=2)
     first = opt.asks()
     assert len(first) == 2 and not np.array_equal(first[0].points, first[1].points)
