@@ -69,6 +69,24 @@ def test_sharpzo_pipelines_stage_two_only() -> None:
     assert depths["zo"][:-3] == [4] * (len(depths["zo"]) - 3) and depths["zo"][-3:] == [3, 2, 1]  # the budget drains
 
 
+def test_sharpzo_stage_one_generations_in_flight_never_cross_the_switch() -> None:
+    opt = build_optimizer("sharpzo", DIM, seed=0, budget=600, popsize=6, switch_queries=60, stage1_pipeline=2,
+                          pipeline=1)
+    objective = Quadratic(DIM)
+    depths: list[int] = []
+    sent: list = []
+    while opt.stage == "cma":
+        pending = opt.asks()
+        depths.append(len(pending))
+        sent.extend(pending[len(sent):])
+        opt.tell(evaluate(objective, sent.pop(0)))
+    assert not sent and opt.queries == 60 and opt.stage1_iterations == 10  # the switch came with nothing in flight
+    assert depths == [2] * 9 + [1]
+    for between in ({"sharpness": "rge"}, {"auto_switch": True}):
+        assert len(build_optimizer("sharpzo", DIM, seed=0, budget=600, popsize=6, stage1_pipeline=2,
+                                   **between).asks()) == 1, between
+
+
 def test_cge_masks_keep_sharpzo_steps_one_at_a_time() -> None:
     """A mask refresh may fall between any two steps (every mask_interval), so no step is made ahead of it."""
     opt = build_optimizer("sharpzo", DIM, seed=0, budget=400, popsize=6, switch_iterations=2, pipeline=4,

@@ -23,6 +23,7 @@ loss: see client/prompt.py. A CGE probe of length μ is w ± μ·√d·e_i.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +47,16 @@ from .estimators import (
 from .masks import MaskKeep, MaskScore, mask_scores, select_mask
 
 Phase = Literal["sharpness", "population", "val", "mask", "step"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A stage-1 generation as drawn: its unshifted candidates and the mean and σ they were drawn around, which
+    its ES gradient needs (a generation drawn ahead is told after the search has moved on)."""
+
+    candidates: np.ndarray
+    mean: np.ndarray
+    sigma: float
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,11 @@ class SharpZOConfig(CMAConfig):
     mask_interval: int = option(200, "K: re-score the mask every K stage-2 steps (CGE masks only)")
     pipeline: int = pipeline_option()
     clip: float | None = clip_option()
+    stage1_pipeline: int = option(
+        1, "stage-1 CMA-ES generations in flight at once, as bbt's pipeline (cma_search.py), with sharpness='es' or "
+        "rho=0 and no auto_switch (the other sharpness sources and the switch's validation asks come between "
+        "generations); never across the switch; 1: one at a time",
+    )
 
     def __post_init__(self) -> None:
         require(
@@ -125,7 +141,7 @@ class SharpZOConfig(CMAConfig):
         require(self.rho >= 0, f"rho must be non-negative, got {self.rho}")
         require(0.0 < self.mask_fraction <= 1.0, f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
         counts = (self.sharpness_probes, self.directions, self.patience, self.mask_interval,
-                  self.shift_generations, self.mask_generations)
+                  self.shift_generations, self.mask_generations, self.stage1_pipeline)
         require(min(counts) >= 1, "counts must be at least 1")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
         require_stepping(self.pipeline, self.clip)  # pipeline >= 1 is checked there
@@ -150,11 +166,11 @@ class SharpZO(Optimizer[SharpZOConfig]):
 
     def __init__(self, dim: int, seed: int = 0, config: SharpZOConfig | None = None) -> None:
         super().__init__(dim, seed, config)
-        self._cma: CMASearch | None = CMASearch(dim, self.config, self.rng)
+        self._cma: CMASearch | None = CMASearch(dim, self.config, self.rng, ahead=self.config.stage1_pipeline)
         self.stage1_iterations = 0
         self.stage2_steps = 0
         self._shift = np.zeros(dim)  # ε* applied to the current generation
-        self._candidates = np.zeros((0, dim))  # the current generation, unshifted
+        self._generations: deque[Generation] = deque()  # stage-1 generations asked and not yet told, oldest first
         self._probe_directions: np.ndarray | None = None  # for sharpness="rge"
         self._es_gradients: list[np.ndarray] = []  # sharpness="es": the latest generations' ES gradients, newest last
         self._val_best = -np.inf
@@ -177,8 +193,8 @@ class SharpZO(Optimizer[SharpZOConfig]):
 
     @property
     def depth(self) -> int:
-        """Stage 2's steps pipeline; stage 1's generations, validation and sharpness asks go one at a time."""
-        return self.config.pipeline
+        """Stage 2's steps pipeline, and stage 1's generations (``_ahead_size`` says when)."""
+        return self.config.pipeline if self._descent is not None else self.config.stage1_pipeline
 
     @property
     def _stage1(self) -> CMASearch:
@@ -201,8 +217,9 @@ class SharpZO(Optimizer[SharpZOConfig]):
             self._probe_directions = gaussian_directions(self.rng, c.sharpness_probes, self.dim)
             return Request(Ask(rge_probes(theta, c.sharpness_mu, self._probe_directions)), "sharpness")
         if self._phase == "population":
-            self._candidates = self._stage1.sample()
-            return Request(Ask(self._candidates + self._shift), "population")
+            generation = Generation(self._stage1.sample(), self._stage1.mean, self._stage1.sigma)
+            self._generations.append(generation)
+            return Request(Ask(generation.candidates + self._shift), "population")
         if self._phase == "val":
             return Request(Ask(self._stage1.mean[None, :], split="val"), "val")
         assert self._descent is not None
@@ -212,9 +229,17 @@ class SharpZO(Optimizer[SharpZOConfig]):
         return Request(Ask(points), "step", probe)
 
     def _ahead_size(self) -> int | None:
-        """Stage-2 steps may be asked ahead when no mask refresh can come between them (dense, or ES masks)."""
-        no_refresh = self.config.mask_fraction == 1.0 or self._free_masks()
-        return 2 * self.config.directions if self._phase == "step" and no_refresh else None
+        """Stage-2 steps may be asked ahead when no mask refresh can come between them (dense, or ES masks);
+        stage-1 generations when nothing is asked between them and the switch is not due before the last
+        pending one is told."""
+        c = self.config
+        if self._phase == "population":
+            between = c.auto_switch or (c.rho > 0 and c.sharpness != "es")
+            told = sum(len(request.ask.points) for request in self._queue)
+            due = self._switch_due(self.queries + told, self.stage1_iterations + len(self._queue))
+            return None if between or due else c.popsize
+        no_refresh = c.mask_fraction == 1.0 or self._free_masks()
+        return 2 * c.directions if self._phase == "step" and no_refresh else None
 
     def decline(self) -> bool:
         """A mask refresh (2d queries) that does not fit gives way to steps on the current mask (dense at first)."""
@@ -247,8 +272,9 @@ class SharpZO(Optimizer[SharpZOConfig]):
 
     def _absorb_population(self, loss: np.ndarray) -> None:
         c = self.config
+        generation = self._generations.popleft()
         if c.sharpness == "es":
-            self._es_gradients.append(es_gradient(self._candidates, loss, self._stage1.mean, self._stage1.sigma))
+            self._es_gradients.append(es_gradient(generation.candidates, loss, generation.mean, generation.sigma))
             del self._es_gradients[: -max(c.shift_generations, c.mask_generations)]
         self._stage1.update(loss)
         self.stage1_iterations += 1
@@ -298,14 +324,16 @@ class SharpZO(Optimizer[SharpZOConfig]):
         else:
             self._start_iteration()
 
-    def _switch_due(self) -> bool:
+    def _switch_due(self, queries: int | None = None, iterations: int | None = None) -> bool:
+        """Whether stage 1 ends now, or once ``queries`` and ``iterations`` (stage 1's) are reached."""
         c = self.config
+        queries = self.queries if queries is None else queries
+        iterations = self.stage1_iterations if iterations is None else iterations
         return (
-            (c.switch_iterations is not None and self.stage1_iterations >= c.switch_iterations)
-            or (c.switch_queries is not None and self.queries >= c.switch_queries)
+            (c.switch_iterations is not None and iterations >= c.switch_iterations)
+            or (c.switch_queries is not None and queries >= c.switch_queries)
             or (
-                c.switch_fraction is not None and self.budget is not None
-                and self.queries >= c.switch_fraction * self.budget
+                c.switch_fraction is not None and self.budget is not None and queries >= c.switch_fraction * self.budget
             )
             or (c.auto_switch and self._val_stall >= c.patience)
         )
