@@ -127,8 +127,8 @@ class SharpZOConfig(CMAConfig):
     clip: float | None = clip_option()
     stage1_pipeline: int = option(
         1, "stage-1 CMA-ES generations in flight at once, as bbt's pipeline (cma_search.py), with sharpness='es' or "
-        "rho=0 and no auto_switch (the other sharpness sources and the switch's validation asks come between "
-        "generations); never across the switch; 1: one at a time",
+        "rho=0 and no auto_switch; never across the switch; 1: one at a time (2 lost 3 points on groceries "
+        "validation, BENCHMARKS.md)",
     )
 
     def __post_init__(self) -> None:
