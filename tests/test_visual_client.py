@@ -73,9 +73,10 @@ def test_joint_w_splits_as_recorded(visual_dim: int | None, split: tuple[int, in
 
 
 def test_each_tower_moves_in_its_own_spreads() -> None:
-    """An isotropic step of r spreads moves each tower's tokens by about r of its own spreads."""
+    """At alpha = visual_alpha = 1 an isotropic step of r spreads moves each tower's tokens by about r of its own
+    spreads."""
     space = PromptMap.create("joint", _p0(), 512, seed=1, alpha=1.0, visual_tokens=8, visual_width=VISUAL_WIDTH,
-                             visual_spread=0.7)
+                             visual_spread=0.7, visual_alpha=1.0)
     r = 0.3
     moved = space.prompts(r * np.random.default_rng(2).standard_normal(512))
     assert moved.visual is not None and space.text is not None

@@ -128,14 +128,32 @@ async def upload_split(
     visual: bool = False,
 ) -> RemoteSplit:
     """``visual``: the set must keep its patch stems, for visual prompts."""
+    known = None if index is None else await find_split(api, images, augment, seed, index, visual)
+    return known or await store_split(api, images, augment, seed, index, label, progress, visual)
+
+
+async def find_split(
+    api: ApiClient, images: LabeledImages, augment: bool, seed: int, index: UploadIndex, visual: bool
+) -> RemoteSplit | None:
+    """The server's set of these images if the index knows one and the server still holds it (with its patch
+    stems, if ``visual``); None: it must be uploaded."""
+    hashes = images.hashes()
+    known = index.get(image_set_key(hashes, augment, seed, scope=api.base_url))
+    if known is None:
+        return None
+    info = await api.image_set(known)
+    if info is not None and info.count == len(images) and (info.stem_spread is not None or not visual):
+        return RemoteSplit(known, images.labels, hashes, info.stem_spread)
+    return None
+
+
+async def store_split(
+    api: ApiClient, images: LabeledImages, augment: bool, seed: int, index: UploadIndex | None, label: str,
+    progress: bool, visual: bool,
+) -> RemoteSplit:
+    """Upload the split as a new set (and record it in ``index``)."""
     hashes = images.hashes()
     key = image_set_key(hashes, augment, seed, scope=api.base_url)
-    if index is not None:
-        known = index.get(key)
-        if known is not None:
-            info = await api.image_set(known)
-            if info is not None and info.count == len(images) and (info.stem_spread is not None or not visual):
-                return RemoteSplit(known, images.labels, hashes, info.stem_spread)
     set_id = await _upload(api, [shrink(b) for b in images.images], augment, seed, visual, label, progress)
     info = await api.image_set(set_id)
     if info is None or info.count != len(images):

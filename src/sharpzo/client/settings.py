@@ -56,7 +56,8 @@ class TuneSettings:
     alpha: float = setting(DEFAULT_ALPHA, "projection scale in token-embedding spreads per unit of w", "run")
     visual_alpha: float = setting(
         DEFAULT_VISUAL_ALPHA, "--prompt visual and joint: the visual projection's scale, in the image tower's stem "
-        "spreads per unit of w (its lr is the optimiser's times visual_alpha**2; client/prompt_map.py)", "run",
+        "spreads per unit of w, so the visual tokens move at visual_alpha times (and learn at visual_alpha**2 times) "
+        "the text prompt's rate (client/prompt_map.py; chosen on groceries validation)", "run",
     )
     init_text: str = setting(DEFAULT_INIT_TEXT, "text whose token embeddings are the initial prompt p0", "run")
     eval_every: int = setting(

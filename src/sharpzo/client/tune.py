@@ -60,7 +60,7 @@ from .checkpoint import (
     save_checkpoint,
     trim_log,
 )
-from .image_sets import RemoteSplit, UploadIndex, upload_split
+from .image_sets import RemoteSplit, UploadIndex, find_split, store_split
 from .latency import resolve_options
 from .optim import Evaluation, build_optimizer
 from .progress import TuneProgress
@@ -117,12 +117,20 @@ class RemoteTask:
 
 
 async def upload_task(api: ApiClient, task: FewShotTask, settings: TuneSettings, progress: bool) -> RemoteTask:
-    index = UploadIndex()
+    """The known sets are looked up together (one round trip rather than three, for a far server); a split that
+    must be uploaded goes after them, one at a time, each with its own progress bar."""
+    index, names, visual = UploadIndex(), ("train", "val", "test"), needs_stems(settings.prompt)
+
+    def augment(name: str) -> bool:
+        return settings.augment and name == "train"
+
+    found = await asyncio.gather(*(
+        find_split(api, getattr(task, name), augment(name), settings.seed, index, visual) for name in names
+    ))
     splits = {}
-    for name in ("train", "val", "test"):
-        splits[name] = await upload_split(
-            api, getattr(task, name), augment=settings.augment and name == "train",
-            seed=settings.seed, index=index, label=name, progress=progress, visual=needs_stems(settings.prompt),
+    for name, known in zip(names, found):
+        splits[name] = known or await store_split(
+            api, getattr(task, name), augment(name), settings.seed, index, name, progress, visual
         )
     return RemoteTask(task.class_names, **splits)
 
@@ -137,10 +145,10 @@ def require_visual(model: ModelInfo, settings: TuneSettings) -> None:
         )
 
 
-async def prompt_map(api: ApiClient, settings: TuneSettings, remote: RemoteTask) -> PromptMap:
-    """The run's prompt space; a visual kind's unit is the training set's stem spread (client/prompt.py)."""
-    s, model = settings, await api.model_info()
-    p0 = await api.token_embeddings(s.init_text)
+def prompt_map(model: ModelInfo, settings: TuneSettings, p0: np.ndarray, remote: RemoteTask) -> PromptMap:
+    """The run's prompt space from p0 (the initial text's token embeddings); a visual kind's unit is the training
+    set's stem spread (client/prompt.py)."""
+    s = settings
     return PromptMap.create(
         s.prompt, p0, s.dim, s.seed, s.alpha, visual_dim=s.visual_dim, visual_tokens=s.visual_tokens,
         visual_alpha=s.visual_alpha, visual_width=model.visual_width, visual_spread=remote.train.stem_spread,
@@ -161,9 +169,11 @@ class Scorer:
     async def prepare(
         cls, api: ApiClient, task: FewShotTask, settings: TuneSettings, meter: Meter, progress: bool
     ) -> Scorer:
-        require_visual(await api.model_info(), settings)
-        remote = await upload_task(api, task, settings, progress)
-        return cls(api, task, settings, await prompt_map(api, settings, remote), remote, meter, progress)
+        model = await api.model_info()
+        require_visual(model, settings)
+        remote, p0 = await asyncio.gather(upload_task(api, task, settings, progress),
+                                          api.token_embeddings(settings.init_text))
+        return cls(api, task, settings, prompt_map(model, settings, p0, remote), remote, meter, progress)
 
     async def evaluate(self, points: np.ndarray, split: str) -> Evaluation:
         return await self.score(self.prompts.prompts(points), split)
