@@ -57,7 +57,8 @@ async def run_tune(data: Data, settings: TuneSettings) -> TuneResult:
     run_dir = settings.out if settings.out is not None else default_dir
     # The client's linear algebra is small (a step projects 2q points of d through an [m * width, d] matrix), so
     # OpenBLAS's thread pool costs far more than it saves, most of all beside a busy server on the same cores:
-    # 10-16 ms a projection with the pool against 0.2-0.6 ms on one thread (BENCHMARKS "The client's own time").
+    # about 15 ms a projection at v2's widths with the pool against 0.5 ms on one thread (BENCHMARKS "The client's
+    # own time"). threadpoolctl sets it for the whole process while the run lasts and then restores the count.
     with threadpool_limits(limits=1, user_api="blas"):
         async with connect(settings.server, settings.api_key, settings.concurrency, settings.ca_bundle,
                            settings.timeout, settings.compress) as api:
