@@ -235,8 +235,8 @@ class SharpZO(Optimizer[SharpZOConfig]):
         c = self.config
         if self._phase == "population":
             between = c.auto_switch or (c.rho > 0 and c.sharpness != "es")
-            told = sum(len(request.ask.points) for request in self._queue)
-            due = self._switch_due(self.queries + told, self.stage1_iterations + len(self._queue))
+            pending = sum(len(request.ask.points) for request in self._queue)
+            due = self._switch_due(self.queries + pending, self.stage1_iterations + len(self._queue))
             return None if between or due else c.popsize
         no_refresh = c.mask_fraction == 1.0 or self._free_masks()
         return 2 * c.directions if self._phase == "step" and no_refresh else None
