@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -24,6 +25,21 @@ def test_chunking_respects_byte_and_count_limits() -> None:
     assert [len(c) for c in chunks] == [2, 2, 2, 2, 2]
     assert chunked(images, max_bytes=10_000, max_images=4)[0] == images[:4]
     assert chunked([b"x" * 5000], max_bytes=1000, max_images=4) == [[b"x" * 5000]]
+
+
+def test_runs_sharing_the_upload_index_can_write_it_at_once(tmp_path) -> None:
+    """Several tuning processes share one index file: concurrent writes must not trip over each other's
+    temporary file (they did with one fixed temporary name: a FileNotFoundError ended a run)."""
+    index = UploadIndex(tmp_path / "image-sets.json")
+
+    def writer(n: int) -> None:
+        for i in range(150):
+            index.put(f"key-{n}-{i}", f"set-{n}-{i}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(writer, range(4)))
+    assert json.loads((tmp_path / "image-sets.json").read_text())  # readable, whatever entries won
+    assert [p.name for p in tmp_path.iterdir()] == ["image-sets.json"]  # no temporary file left behind
 
 
 def test_chunked_upload_equals_single_upload(tiny_server, tmp_path) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,12 +76,15 @@ class UploadIndex:
         return self._read().get(key)
 
     def put(self, key: str, set_id: str) -> None:
+        """Atomic per write; each writer has its own temporary file, since several runs may share the index (a
+        concurrent put may still drop another's entry, which only costs that run an upload next time)."""
         entries = self._read()
         entries[key] = set_id
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entries, indent=0))
-        tmp.replace(self.path)
+        handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(entries, indent=0))
+        os.replace(tmp, self.path)
 
 
 def chunked(images: list[bytes], max_bytes: int = CHUNK_BYTES, max_images: int = CHUNK_IMAGES) -> list[list[bytes]]:
