@@ -4,11 +4,13 @@
         --config zo-lr1e-3=zo-sgd:lr=1e-3 --config zo-lr1e-2=zo-sgd:lr=1e-2 ...
 
 Runs each candidate config on selection seeds (disjoint from the evaluation seeds, so the
-few-shot draws differ) and ranks the configs of each method by the final validation
-accuracy of their prompt (ties, common on a 300-image validation set at small budgets,
-broken by the lower final validation loss); configs of one method that tune different prompt kinds (prompt=...)
-compete apart. Every query the selection spent, method and monitoring, is
-summed into the report, because a user tuning hyperparameters would pay for them too.
+few-shot draws differ) and ranks the configs of each method by the validation accuracy of
+the prompt each run returns (result.json's ``val_accuracy``: the better on validation of
+zero-shot and the final prompt, as evaluations come only at the start and the end here; ties,
+common on a 300-image validation set at small budgets, broken by the lower final validation
+loss); configs of one method that tune different prompt kinds (prompt=...) compete apart.
+Every query the selection spent, method and monitoring, is summed into the report, because a
+user tuning hyperparameters would pay for them too.
 """
 
 from __future__ import annotations
@@ -54,11 +56,11 @@ def main() -> None:
         val = float(np.mean([r["val_accuracy"] for r in results]))
         val_loss = float(np.mean([r["val_loss"] for r in results]))
         spent += sum(r["budget"]["total_queries"] for r in results)
-        method = methods[name].group
-        if method not in best or (val, -val_loss) > best[method][1]:
-            best[method] = (name, (val, -val_loss))
-        rows.append([name, method, f"{100 * val:.1f}", f"{val_loss:.4f}"])
-    chosen = {method: name for method, (name, _) in best.items()}
+        group = methods[name].group
+        if group not in best or (val, -val_loss) > best[group][1]:
+            best[group] = (name, (val, -val_loss))
+        rows.append([name, group, f"{100 * val:.1f}", f"{val_loss:.4f}"])
+    chosen = {group: name for group, (name, _) in best.items()}
     rows = [[*row, "chosen" if chosen[row[1]] == row[0] else ""] for row in rows]
     text = "\n\n".join([
         f"### Selection on {args.dataset} validation, seeds {args.seeds}, {args.budget} queries per run",
