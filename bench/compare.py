@@ -5,7 +5,7 @@
         --config spsa-gc=spsa-gc --out bench/results/compare
 
 Each run is a real `tune` against one embedded stand-in server (or --server URL), several
-at once so the server's micro-batcher has work to merge. Finished runs are kept and an
+at once so that the server is kept busy. Finished runs are kept and an
 interrupted grid resumes. Writes, under OUT/DATASET: curves.png (mean ± SE test accuracy
 against queries), summary.md (accuracy at fixed budgets, queries to reach given
 accuracies, paired differences against --reference) and summary.json.

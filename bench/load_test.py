@@ -3,8 +3,8 @@
     python bench/load_test.py --clients 8 --budget 1200
 
 For each serving mode a fresh embedded server starts (the stand-in model by default);
-"one-at-a-time" sets SHARPZO_BATCH_MAX_CANDIDATES=1 so every model batch holds a single
-request. CLIENTS tuning runs (zo-sgd by default: small requests, the case batching is for; distinct
+"micro-batched" sets SHARPZO_BATCH_MERGE=1 so that requests in flight together share model batches,
+"one-at-a-time" is the server's default (each request runs alone). CLIENTS tuning runs (zo-sgd by default: small requests, the case batching is for; distinct
 seeds, the same few-shot task) then run at
 once. Throughput is queries per second over the whole load; latency percentiles come from
 the server's access log (time inside the server for each /v1/logits request). Any 5xx,
@@ -26,7 +26,7 @@ import numpy as np
 from sharpzo.client.embedded import EmbeddedServer
 from sharpzo.client.runner import tune_async
 
-MODES = {"micro-batched": {}, "one-at-a-time": {"SHARPZO_BATCH_MAX_CANDIDATES": "1"}}
+MODES = {"micro-batched": {"SHARPZO_BATCH_MERGE": "1"}, "one-at-a-time": {}}
 
 
 async def load(url: str, args: argparse.Namespace, out: Path) -> tuple[int, float]:

@@ -1,5 +1,5 @@
-"""Requests in flight from several clients are merged into model batches by the micro-batcher; a lone request
-is not held back for a batch window."""
+"""The micro-batcher: by default each request runs alone and is answered as soon as its own passes are done; with
+merging, requests in flight together share model batches, and a lone request is not held back for a batch window."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def batch_counters(url: str) -> tuple[float, float]:
     return count, total
 
 
-def test_concurrent_requests_share_model_batches(tiny_server) -> None:
+def test_concurrent_requests_run_alone_and_get_their_own_scores(tiny_server) -> None:
     with httpx.Client(base_url=tiny_server.url, timeout=60) as http:
         width = http.get("/v1/model").json()["width"]
         images = [b64(encoded_image(900 + i)) for i in range(4)]
@@ -47,10 +47,9 @@ def test_concurrent_requests_share_model_batches(tiny_server) -> None:
     batches_after, jobs_after = batch_counters(tiny_server.url)
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
     assert jobs_after - jobs_before == len(bodies)
-    assert batches_after - batches_before < len(bodies)  # some batch carried more than one request
-    # merged or not, each request gets its own candidates' scores
+    assert batches_after - batches_before == len(bodies)  # the server does not merge by default
     single = httpx.post(f"{tiny_server.url}/v1/logits", json=bodies[3], timeout=60).json()
-    np.testing.assert_allclose(responses[3].json()["loss"], single["loss"], rtol=1e-5)
+    assert responses[3].json()["loss"] == single["loss"]  # bit for bit, alone or beside 15 others
 
 
 class _FakeEncoder:
@@ -72,12 +71,13 @@ def _job(seed: int) -> LogitsJob:
     return LogitsJob(prompts, _suffixes(), torch.nn.functional.normalize(torch.randn(3, 8), dim=-1), None, True)
 
 
-def _batches(window_s: float, scenario) -> list[BatchStats]:
+def _batches(window_s: float, scenario, merge: bool = True, encoder: _FakeEncoder | None = None) -> list[BatchStats]:
     """Runs ``scenario(batcher)`` against a batcher whose window is far longer than any test would wait."""
     stats: list[BatchStats] = []
 
     async def run() -> None:
-        batcher = MicroBatcher(_FakeEncoder(), 10.0, ThreadPoolExecutor(1), window_s, 4, on_batch=stats.append)
+        batcher = MicroBatcher(encoder or _FakeEncoder(), 10.0, ThreadPoolExecutor(1), window_s, 4,
+                               on_batch=stats.append, merge=merge)
         batcher.start()
         try:
             await asyncio.wait_for(scenario(batcher), 60)
@@ -117,6 +117,34 @@ def test_the_window_opens_for_a_request_on_its_way() -> None:
     # the two jobs fill batch_max_candidates = 4, so the batch runs without waiting the window out
     stats = _batches(3600.0, two_clients)
     assert [(s.jobs, s.window_opened) for s in stats] == [(2, True)]
+
+
+class _WatchingEncoder(_FakeEncoder):
+    """Notes, at each pass, which of the watched requests were already answered."""
+
+    def __init__(self) -> None:
+        self.watched: list[asyncio.Future] = []
+        self.answered_at_pass: list[list[bool]] = []
+
+    def encode(self, prompts: torch.Tensor, suffixes: ClassSuffixes) -> torch.Tensor:
+        self.answered_at_pass.append([future.done() for future in self.watched])
+        return super().encode(prompts, suffixes)
+
+
+def test_without_merging_each_request_is_answered_before_the_next_runs() -> None:
+    encoder = _WatchingEncoder()
+
+    async def in_flight_together(batcher: MicroBatcher) -> None:
+        jobs = [_job(seed) for seed in range(3)]
+        encoder.watched = [job.future for job in jobs]
+        with batcher.arriving():  # all three queued before the batcher looks: merging would take them together
+            waiting = [asyncio.ensure_future(batcher.submit(job)) for job in jobs]
+            await _until(lambda: batcher._queue.qsize() == 3)
+        await asyncio.gather(*waiting)
+
+    stats = _batches(3600.0, in_flight_together, merge=False, encoder=encoder)
+    assert [(s.jobs, s.window_opened) for s in stats] == [(1, False)] * 3
+    assert encoder.answered_at_pass == [[False, False, False], [True, False, False], [True, True, False]]
 
 
 def test_a_request_scores_the_same_bits_alone_or_beside_others_unless_merging() -> None:

@@ -65,12 +65,14 @@ class BatchStats:
 
 
 class MicroBatcher:
-    """Runs the jobs that are queued together in one go on the model thread. With ``merge`` their prompts share one
-    text-tower pass per (class list, m), and their visual prompts one image-tower pass per m_v; without it (the
-    default) each job has its own passes, so a request's scores are bit for bit the same whatever is in flight
-    beside it (a merged pass changes the last bits: BENCHMARKS.md, "How much does latency cost: tuning over a WAN").
+    """Runs queued jobs on the model thread. With ``merge`` the jobs queued together run in one go: their prompts share
+    one text-tower pass per (class list, m), and their visual prompts one image-tower pass per m_v. Without it (the
+    default) each job runs alone, in the order it came, and is answered as soon as its own passes are done: its
+    scores are bit for bit the same whatever is in flight beside it (a merged pass changes the last bits:
+    BENCHMARKS.md, "How much does latency cost: tuning over a WAN"), and a client with several requests in flight
+    does not wait for its neighbours' passes before each answer.
 
-    The batch window only opens when another request is queued or on its way (``arriving``): a
+    With ``merge``, the batch window only opens when another request is queued or on its way (``arriving``): a
     sequential client, one request at a time, never waits it out.
     """
 
@@ -124,7 +126,7 @@ class MicroBatcher:
     async def _collect(self) -> tuple[list[LogitsJob], bool]:
         """The next batch, and whether the window was opened for it."""
         jobs = [await self._queue.get()]
-        if self._queue.empty() and not self._arriving:
+        if not self.merge or (self._queue.empty() and not self._arriving):
             return jobs, False
         total = jobs[0].candidates
         deadline = time.perf_counter() + self.window_s

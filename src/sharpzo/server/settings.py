@@ -74,10 +74,12 @@ class ServerSettings(BaseSettings):
     )
     batch_window_ms: float = Field(
         default=2.0, ge=0,
-        description="How long the micro-batcher waits to fill a batch; it waits only while other requests are on "
-        "their way.",
+        description="With batch_merge, how long the micro-batcher waits to fill a batch; it waits only while other "
+        "requests are on their way. Without it each request runs alone and no one waits.",
     )
-    batch_max_candidates: int = Field(default=4096, ge=1, description="Most candidates the micro-batcher merges.")
+    batch_max_candidates: int = Field(
+        default=4096, ge=1, description="Most candidates one merged batch carries (batch_merge)."
+    )
     batch_merge: bool = Field(
         default=False,
         description="Run the jobs of one batch through the towers together (one pass per class list): more throughput "
