@@ -154,3 +154,34 @@ def test_a_pipelined_run_is_not_thrown_off_a_cliff_with_the_clip() -> None:
 
     assert final(None) > 10.0
     assert final(5.0) < 2.0
+
+
+class _OneKick:
+    """Informative losses on the first call (a nonzero gradient estimate), then a flat loss: after one step, only
+    momentum moves an SPSA-GC iterate, along a path known in advance."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return points[:, 0].copy() if self.calls == 1 else np.ones(len(points))
+
+
+def test_momentum_ahead_probes_where_the_sequential_run_does_once_the_kick_is_in() -> None:
+    """With ``momentum_ahead`` a pipelined SPSA-GC step probes where momentum will have carried w by the time the step
+    is applied: on a path that momentum alone decides, exactly where the sequential run probes. Without it the probes
+    lag behind by the steps in flight."""
+    def centres(**options: object) -> list[np.ndarray]:
+        opt = build_optimizer("spsa-gc", DIM, seed=3, budget=200, pairs=2, **options)
+        return [centre(ask.points) for ask in run(opt, _OneKick())]
+
+    sequential = centres(pipeline=1)
+    ahead = centres(pipeline=4, momentum_ahead=True)
+    behind = centres(pipeline=4)
+    assert not np.allclose(sequential[1], 0.0)
+    # steps 1-3 were asked before the kick was told; from step 4 on every ask knows all the kick did
+    for step in range(4, len(sequential)):
+        np.testing.assert_allclose(ahead[step], sequential[step], rtol=1e-9, atol=1e-12)
+    assert not np.allclose(behind[4], sequential[4])
+    assert all(np.array_equal(a, b) for a, b in zip(centres(pipeline=1, momentum_ahead=True), sequential))

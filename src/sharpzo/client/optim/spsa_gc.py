@@ -54,6 +54,11 @@ class SPSAGCConfig(OptimizerConfig):
     c: float = option(5e-4, "perturbation length in spreads: c_k = c / (k + 1)^gamma (floor: estimators.py)")
     gamma: float = option(0.101, "perturbation decay exponent")
     momentum: float = option(0.9, "β of the gradient-corrected (look-ahead) momentum; 0 gives plain SPSA")
+    momentum_ahead: bool = option(
+        False, "with steps in flight, probe where momentum alone carries w by the time this step is applied: "
+        "w + (β + … + β^(n+1))·m with n steps in flight, rather than w + β·m, which the n steps leave behind; "
+        "the same with pipeline 1",
+    )
     clip_norm: float | None = option(
         20.0, "clip the gradient estimate to this norm (loss per spread·√d); None disables clipping",
     )
@@ -117,8 +122,14 @@ class SPSAGC(Optimizer[SPSAGCConfig]):
             perturbations = gaussian_directions(self.rng, c.pairs, self.dim)
         probe = Probe(perturbations, self._perturbation_size(self._asked))
         self._asked += 1
-        look_ahead = self._w + c.momentum * self._velocity
-        return Request(Ask(rge_probes(look_ahead, probe.mu, probe.directions)), "spsa", probe)
+        return Request(Ask(rge_probes(self._look_ahead(), probe.mu, probe.directions)), "spsa", probe)
+
+    def _look_ahead(self) -> np.ndarray:
+        """Where the next step's gradient is taken: w + β·m, or with ``momentum_ahead`` the point momentum carries
+        w to over the steps in flight (their estimates, not in yet, left out) and one more."""
+        beta = self.config.momentum
+        ahead = len(self._queue) if self.config.momentum_ahead else 0
+        return self._w + sum(beta ** (j + 1) for j in range(ahead + 1)) * self._velocity
 
     def _ahead_size(self) -> int:
         return 2 * self.config.pairs
