@@ -4,9 +4,9 @@
 
 For each serving mode a fresh embedded server starts (the stand-in model by default);
 "micro-batched" sets SHARPZO_BATCH_MERGE=1 so that requests in flight together share model batches,
-"one-at-a-time" is the server's default (each request runs alone). CLIENTS tuning runs (zo-sgd by default: small requests, the case batching is for; distinct
-seeds, the same few-shot task) then run at
-once. Throughput is queries per second over the whole load; latency percentiles come from
+"one-at-a-time" is the server's default (each request runs alone). CLIENTS tuning runs (zo-sgd by
+default: small requests, the case batching is for; distinct seeds, the same few-shot task) then run
+at once. Throughput is queries per second over the whole load; latency percentiles come from
 the server's access log (time inside the server for each /v1/logits request). Any 5xx,
 or any client error, fails the run. Bounded: CLIENTS runs of BUDGET queries per mode and
 round; the modes alternate over ROUNDS rounds so that other load on the machine hits both,

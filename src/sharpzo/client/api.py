@@ -25,9 +25,10 @@ import ssl
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -52,6 +53,8 @@ from sharpzo.shared.protocol import (
 from sharpzo.shared.tensors import Tensor
 
 from .latency import Exchange, server_seconds
+
+T = TypeVar("T")
 
 # Waiting helps these; an exhausted quota (and every other 4xx) does not refill by waiting.
 RETRIED_CODES: frozenset[ErrorCode] = frozenset({"rate_limited", "unavailable"})
@@ -98,6 +101,15 @@ class Scored:
     loss: np.ndarray | None  # [P]
     accuracy: np.ndarray | None  # [P]
     logits: np.ndarray | None  # [P, N, C]
+
+
+def raise_first(results: Sequence[T | BaseException]) -> list[T]:
+    """The results of ``asyncio.gather(..., return_exceptions=True)``, or the first failure among them in argument
+    order: requests sent together all settle before one error is reported, so none is left unretrieved."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)  # type: ignore[arg-type]
 
 
 class ApiClient:

@@ -48,7 +48,7 @@ import numpy as np
 from sharpzo.data.base import FewShotTask
 from sharpzo.shared.protocol import ModelInfo
 
-from .api import ApiClient, ApiRequestError, Scored
+from .api import ApiClient, ApiRequestError, Scored, raise_first
 from .checkpoint import (
     Evaluated,
     Kind,
@@ -116,23 +116,38 @@ class RemoteTask:
     test: RemoteSplit
 
 
-async def upload_task(api: ApiClient, task: FewShotTask, settings: TuneSettings, progress: bool) -> RemoteTask:
-    """The known sets are looked up together (one round trip rather than three, for a far server); a split that
-    must be uploaded goes after them, one at a time, each with its own progress bar."""
-    index, names, visual = UploadIndex(), ("train", "val", "test"), needs_stems(settings.prompt)
+SPLITS = ("train", "val", "test")
 
-    def augment(name: str) -> bool:
-        return settings.augment and name == "train"
 
-    found = await asyncio.gather(*(
-        find_split(api, getattr(task, name), augment(name), settings.seed, index, visual) for name in names
+async def find_task(api: ApiClient, task: FewShotTask, settings: TuneSettings) -> list[RemoteSplit | None]:
+    """The task's splits the server already holds, looked up together (one round trip rather than three, for a far
+    server); None for a split it does not."""
+    index, visual = UploadIndex(), needs_stems(settings.prompt)
+    return raise_first(await asyncio.gather(
+        *(find_split(api, getattr(task, name), _augmented(settings, name), settings.seed, index, visual)
+          for name in SPLITS),
+        return_exceptions=True,
     ))
+
+
+async def upload_task(
+    api: ApiClient, task: FewShotTask, settings: TuneSettings, progress: bool,
+    found: list[RemoteSplit | None] | None = None,
+) -> RemoteTask:
+    """The task's splits on the server: the ones ``found`` (looked up here when not given), and the rest uploaded one
+    at a time, each with its own progress bar."""
+    known = await find_task(api, task, settings) if found is None else found
+    index, visual = UploadIndex(), needs_stems(settings.prompt)
     splits = {}
-    for name, known in zip(names, found):
-        splits[name] = known or await store_split(
-            api, getattr(task, name), augment(name), settings.seed, index, name, progress, visual
+    for name, split in zip(SPLITS, known):
+        splits[name] = split or await store_split(
+            api, getattr(task, name), _augmented(settings, name), settings.seed, index, name, progress, visual
         )
     return RemoteTask(task.class_names, **splits)
+
+
+def _augmented(settings: TuneSettings, split: str) -> bool:
+    return settings.augment and split == "train"
 
 
 def require_visual(model: ModelInfo, settings: TuneSettings) -> None:
@@ -169,10 +184,19 @@ class Scorer:
     async def prepare(
         cls, api: ApiClient, task: FewShotTask, settings: TuneSettings, meter: Meter, progress: bool
     ) -> Scorer:
-        model = await api.model_info()
-        require_visual(model, settings)
-        remote, p0 = await asyncio.gather(upload_task(api, task, settings, progress),
-                                          api.token_embeddings(settings.init_text))
+        # the model's description, the token embeddings and the known sets' lookups in one round trip
+        model, p0, found = await asyncio.gather(
+            api.model_info(), api.token_embeddings(settings.init_text), find_task(api, task, settings),
+            return_exceptions=True,
+        )
+        if isinstance(model, BaseException):
+            raise model
+        require_visual(model, settings)  # before any upload, and before a lookup's own complaint
+        if isinstance(p0, BaseException):
+            raise p0
+        if isinstance(found, BaseException):
+            raise found
+        remote = await upload_task(api, task, settings, progress, found)
         return cls(api, task, settings, prompt_map(model, settings, p0, remote), remote, meter, progress)
 
     async def evaluate(self, points: np.ndarray, split: str) -> Evaluation:
