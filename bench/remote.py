@@ -16,6 +16,8 @@ the bytes up and down per query (all requests, monitoring included), and test ac
 the tuned w was bit-for-bit the same at every round trip (it must be: nothing a run does depends
 on timing). ``--eval-every N`` adds time-to-accuracy curves (test accuracy of the prompt against
 the wall time at which the loop had reached it), plotted per config in ``time_to_accuracy.png``.
+``--repeats N`` runs each config N times at every round trip (the round trips in turn within each repeat) and
+reports the median wall time, its ratio, and the range of the repeats' own ratios: the noise to read them by.
 Writes OUT/summary.md, OUT/summary.json and the run directories.
 """
 
@@ -53,8 +55,14 @@ def parse_args() -> argparse.Namespace:
                         help="NAME=METHOD[:option=json,...]; tune options other than the optimiser's go in --tune")
     parser.add_argument("--tune", type=json.loads, default={},
                         help='extra tune() options as JSON, e.g. \'{"directions": "auto"}\'')
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each config at every round trip, in turn (round trips inside each repeat); the "
+                        "table gives the median wall time, its ratio, and the range of the repeats' own ratios")
     parser.add_argument("--out", type=Path, default=Path("bench/results/remote"))
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    return args
 
 
 def rtt_label(rtt: float) -> str:
@@ -67,8 +75,10 @@ def link(args: argparse.Namespace, server: EmbeddedServer, rtt: float) -> WanPro
     return WanProxy(int(server.url.rsplit(":", 1)[1]), rtt_ms=rtt, mbit_per_s=args.mbit, port=args.proxy_port)
 
 
-async def one_run(args: argparse.Namespace, server: EmbeddedServer, config: RunConfig, rtt: float) -> dict[str, Any]:
-    run_dir = args.out / config.name / f"rtt{rtt:g}"
+async def one_run(
+    args: argparse.Namespace, server: EmbeddedServer, config: RunConfig, rtt: float, repeat: int
+) -> dict[str, Any]:
+    run_dir = args.out / config.name / (f"rtt{rtt:g}" if repeat == 0 else f"rtt{rtt:g}-repeat{repeat}")
     with link(args, server, rtt) as proxy:
         started = time.perf_counter()
         result = await tune_async(
@@ -78,13 +88,13 @@ async def one_run(args: argparse.Namespace, server: EmbeddedServer, config: RunC
         wall = time.perf_counter() - started
     total = result.budget.total_queries
     row = {
-        "config": config.name, "rtt_ms": rtt, "wall_s": wall, "loop_s": result.wall_seconds,
+        "config": config.name, "rtt_ms": rtt, "repeat": repeat, "wall_s": wall, "loop_s": result.wall_seconds,
         "requests": result.budget.requests, "total_queries": total, "queries": result.queries,
         "up_bytes_per_query": proxy.traffic.up / total, "down_bytes_per_query": proxy.traffic.down / total,
         "test_accuracy": result.test_accuracy, "zero_shot_test_accuracy": result.zero_shot_test_accuracy,
         "w": result.w.tolist(), "curve": time_curve(run_dir),
     }
-    print(f"{config.name} at {rtt_label(rtt)}: {wall:.1f} s, {row['requests']} requests, "
+    print(f"{config.name} at {rtt_label(rtt)} (repeat {repeat}): {wall:.1f} s, {row['requests']} requests, "
           f"{row['up_bytes_per_query']:.0f} B up and {row['down_bytes_per_query']:.0f} B down a query, "
           f"test {result.test_accuracy:.1%}", flush=True)
     return row
@@ -101,22 +111,33 @@ def time_curve(run_dir: Path) -> list[tuple[float, float]]:
 
 
 def summarise(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
-    base = {r["config"]: r for r in rows if r["rtt_ms"] == args.rtt[0]}
+    """One line per config and round trip: the median over the repeats (each repeat's ratio is against its own run
+    at the first round trip, so the range shows the machine's run-to-run noise)."""
+    wall = {(r["config"], r["rtt_ms"], r["repeat"]): r["wall_s"] for r in rows}
+    first_w = {r["config"]: r["w"] for r in rows if r["rtt_ms"] == args.rtt[0] and r["repeat"] == 0}
     table = []
-    for r in rows:
-        ref = base[r["config"]]
-        same = "yes" if r["w"] == ref["w"] else "NO"
-        table.append([
-            r["config"], rtt_label(r["rtt_ms"]), f"{r['wall_s']:.1f}", f"{r['wall_s'] / ref['wall_s']:.2f}×",
-            str(r["requests"]), f"{r['up_bytes_per_query']:.0f}", f"{r['down_bytes_per_query']:.0f}",
-            f"{100 * r['test_accuracy']:.1f}", same,
-        ])
+    for config in args.config:
+        base = float(np.median([wall[config.name, args.rtt[0], i] for i in range(args.repeats)]))
+        for rtt in args.rtt:
+            runs = [r for r in rows if r["config"] == config.name and r["rtt_ms"] == rtt]
+            median = float(np.median([r["wall_s"] for r in runs]))
+            ratios = [wall[config.name, rtt, i] / wall[config.name, args.rtt[0], i] for i in range(args.repeats)]
+            spread = f" ({min(ratios):.2f}–{max(ratios):.2f})" if args.repeats > 1 else ""
+            same = "yes" if all(r["w"] == first_w[config.name] for r in runs) else "NO"
+            r = runs[0]
+            table.append([
+                config.name, rtt_label(rtt), f"{median:.1f}", f"{median / base:.2f}×{spread}", str(r["requests"]),
+                f"{r['up_bytes_per_query']:.0f}", f"{r['down_bytes_per_query']:.0f}",
+                f"{100 * r['test_accuracy']:.1f}", same,
+            ])
     cap = f", bandwidth {args.mbit:g} Mbit/s each way" if args.mbit else ""
-    header = ["config", "round trip", "wall s", f"÷ {rtt_label(args.rtt[0])}", "requests", "B up / query",
-              "B down / query", "test %", f"same w as {rtt_label(args.rtt[0])}"]
+    median_of = f"median of {args.repeats} " if args.repeats > 1 else ""
+    header = ["config", "round trip", f"wall s ({median_of}runs)" if median_of else "wall s",
+              f"÷ {rtt_label(args.rtt[0])}" + (" (range of the repeats)" if median_of else ""), "requests",
+              "B up / query", "B down / query", "test %", f"same w as {rtt_label(args.rtt[0])}"]
     lines = [
         f"### {args.dataset} {args.shots}-shot, seed {args.seed}, {args.budget} queries, "
-        f"--eval-every {args.eval_every}{cap}",
+        f"--eval-every {args.eval_every}{cap}" + (f", {args.repeats} repeats" if median_of else ""),
         markdown_table(header, table),
         "Configs: " + "; ".join(f"`{c.name}` = {c.method} {json.dumps(c.options)}" for c in args.config)
         + (f"; tune options {json.dumps(args.tune)}" if args.tune else ""),
@@ -128,7 +149,7 @@ def plot(args: argparse.Namespace, rows: list[dict[str, Any]], out: Path) -> Non
     configs = [c.name for c in args.config]
     fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 4), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], configs):
-        for r in (r for r in rows if r["config"] == name):
+        for r in (r for r in rows if r["config"] == name and r["repeat"] == 0):
             if r["curve"]:
                 wall, accuracy = zip(*r["curve"])
                 ax.step(wall, 100 * np.asarray(accuracy), where="post", label=rtt_label(r["rtt_ms"]))
@@ -147,8 +168,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             await tune_async(args.dataset, server=warm.url, budget=0, shots=args.shots, seed=args.seed,
                              out=args.out / "warm-up", progress=False)
         for config in args.config:
-            for rtt in args.rtt:
-                rows.append(await one_run(args, server, config, rtt))
+            for repeat in range(args.repeats):
+                for rtt in args.rtt:
+                    rows.append(await one_run(args, server, config, rtt, repeat))
     return rows
 
 
