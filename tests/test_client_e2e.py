@@ -235,8 +235,10 @@ def test_sigterm_stops_the_embedded_server_too(tmp_path) -> None:
 def test_monitor_queries_are_the_evaluations_alone_unless_sharpness_is_asked_for(reference) -> None:
     result = json.loads((reference["run"] / "result.json").read_text())
     assert result["sharpness"] == {}  # no --probe-sharpness: no probe at the switch or the end
-    evaluations = sum(1 for line in log_lines(reference["run"]) if "val_accuracy" in line)  # val + test each
-    assert result["budget"]["monitor_queries"] == 2 * evaluations
+    evaluated = [line for line in log_lines(reference["run"]) if "val_accuracy" in line]  # val + test each
+    # a monitor evaluation at the last tell is the final one, scored once
+    last = {line["tells"] for line in evaluated if line["stage"] == "monitor"} & {evaluated[-1]["tells"]}
+    assert result["budget"]["monitor_queries"] == 2 * (len(evaluated) - len(last))
     assert result["queries"] <= BUDGET
 
 
@@ -253,8 +255,11 @@ def test_eval_every_zero_charges_only_the_zero_shot_and_final_evaluations(tmp_pa
     # three times the steps, the same monitor charge: nothing is evaluated per step
     assert spent["long"]["queries"] == 3 * spent["short"]["queries"] == 60
     assert spent["long"]["monitor_queries"] == spent["short"]["monitor_queries"]
-    # while --eval-every 10 adds a validation and a test query at 10, 20, ..., 60 queries
-    assert spent["monitored"]["monitor_queries"] == spent["long"]["monitor_queries"] + 2 * 6
+    # while --eval-every 10 adds a validation and a test query at 10, 20, ..., 50 queries; the one at 60 is the final
+    # evaluation, scored once
+    assert spent["monitored"]["monitor_queries"] == spent["long"]["monitor_queries"] + 2 * 5
+    stages = [line["stage"] for line in log_lines(tmp_path / "monitored") if "val_accuracy" in line]
+    assert stages == ["zero-shot"] + ["monitor"] * 6 + ["final"]
     evaluated = [line["stage"] for line in log_lines(tmp_path / "long") if "val_accuracy" in line]
     assert evaluated == ["zero-shot", "final"]
 

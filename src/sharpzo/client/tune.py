@@ -39,7 +39,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -291,6 +291,7 @@ class Tuner:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.show_progress = show_progress
+        self._monitored: Evaluated | None = None  # the last monitor evaluation that landed in this process
 
     @property
     def checkpoint_path(self) -> Path:
@@ -333,8 +334,11 @@ class Tuner:
     async def _train(self, scorer: Scorer, state: LoopState) -> None:
         opt = state.optimizer
         started = time.perf_counter() - state.elapsed
-        monitoring = Monitoring(scorer, state, self.settings,
-                                lambda done: self._log(state, {"stage": "monitor", **done.scores()}, done.point))
+        def record(done: Evaluated) -> None:
+            self._monitored = done
+            self._log(state, {"stage": "monitor", **done.scores()}, done.point)
+
+        monitoring = Monitoring(scorer, state, self.settings, record)
         in_flight: deque[asyncio.Task[Evaluation]] = deque()  # the optimiser's pending asks, oldest first
         stage, go_on = opt.stage, True
         with TuneProgress(self.settings, self.show_progress) as progress:
@@ -381,10 +385,16 @@ class Tuner:
     async def _final(self, scorer: Scorer, state: LoopState) -> Evaluated:
         started = time.perf_counter() - state.elapsed
         point = state.point()
-        final = asyncio.ensure_future(scorer.score_point(point, "final"))
+        # a monitor evaluation at the last tell scored this very prompt: its scores are the final ones, bit for bit
+        again = self._monitored if self._monitored is not None and self._monitored.point.tells == point.tells else None
+        final = asyncio.ensure_future(scorer.score_point(point, "final")) if again is None else None
         if self.settings.probe_sharpness:
             state.sharpness["final"] = await scorer.sharpness(point.w)
-        evaluated = await final
+        if final is not None:
+            evaluated = await final
+        else:
+            assert again is not None
+            evaluated = replace(again, kind="final", point=point)
         state.consider(evaluated)
         state.elapsed = time.perf_counter() - started
         self._log(state, {"stage": "final", **evaluated.scores()}, point)
