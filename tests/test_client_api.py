@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from sharpzo.client.api import ApiClient, ApiRequestError, UsageMismatch, should_retry
+from sharpzo.client.api import ApiClient, ApiRequestError, UsageMismatch, raise_first, should_retry
 from sharpzo.shared.protocol import AccountUsage, Limits, LogitsRequest, LogitsResponse, ModelInfo, Usage
 from sharpzo.shared.tensors import Tensor
 
@@ -191,3 +191,25 @@ def test_usage_is_an_account_usage() -> None:
     usage = asyncio.run(main())
     assert isinstance(usage, AccountUsage) and usage.remaining == 3 and usage + Usage(queries=1) == Usage(
         queries=8, image_evals=21, requests=3)
+
+
+def test_requests_sent_together_report_the_first_failure_in_argument_order_once_all_settle() -> None:
+    finished: list[str] = []
+
+    async def request(name: str, seconds: float, fails: bool) -> str:
+        await asyncio.sleep(seconds)
+        finished.append(name)
+        if fails:
+            raise ApiRequestError(404, f"{name} failed")
+        return name
+
+    async def together() -> list[str]:
+        return raise_first(await asyncio.gather(
+            request("model", 0.02, True), request("lookup", 0.0, True), request("tokens", 0.04, False),
+            return_exceptions=True,
+        ))
+
+    with pytest.raises(ApiRequestError, match="model failed"):  # not the lookup's, though it failed first
+        asyncio.run(together())
+    assert sorted(finished) == ["lookup", "model", "tokens"]  # nothing left running
+    assert raise_first(["a", "b"]) == ["a", "b"]
