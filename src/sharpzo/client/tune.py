@@ -334,6 +334,7 @@ class Tuner:
     async def _train(self, scorer: Scorer, state: LoopState) -> None:
         opt = state.optimizer
         started = time.perf_counter() - state.elapsed
+
         def record(done: Evaluated) -> None:
             self._monitored = done
             self._log(state, {"stage": "monitor", **done.scores()}, done.point)
