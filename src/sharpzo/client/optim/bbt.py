@@ -1,4 +1,4 @@
-"""BBT: plain CMA-ES on w (popsize 40, bounds ±2.5 spreads), three generations in flight by default."""
+"""BBT: plain CMA-ES on w (popsize 40, bounds ±2.5 spreads), two generations in flight by default."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ class BBTConfig(CMAConfig):
     """Plain CMA-ES, and how many of its generations may be in flight."""
 
     pipeline: int = option(
-        3, "generations in flight at once: generation g+1 is sampled before g is ranked (from the distribution as "
+        2, "generations in flight at once: generation g+1 is sampled before g is ranked (from the distribution as "
         "it stands; cma_search.py), so a remote run waits one round trip per `pipeline` generations; 1: one at a "
-        "time (3, the one of 1, 2 and 3 that keeps a 200 ms round trip within 1.5x the loopback time; 2 was best "
-        "on groceries validation: BENCHMARKS.md)",
+        "time (2 against 1 and 3 on groceries validation, BENCHMARKS.md)",
     )
 
     def __post_init__(self) -> None:
