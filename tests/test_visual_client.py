@@ -152,11 +152,13 @@ def _usage(server: EmbeddedServer) -> Usage:
 
 def _forwards_in_log(run: Path, sizes: dict[str, int]) -> int:
     """The image forwards the log's requests need: each candidate scored with a visual prompt runs every image of its
-    split; the zero-shot evaluation sends none."""
+    split; the zero-shot evaluation sends none, and a final evaluation at a monitored tell is that monitor's."""
     lines = log_lines(run)
     asked = sum(line["n"] * sizes[line["split"]] for line in lines if "n" in line)
-    monitored = sum(sizes["val"] + sizes["test"] for line in lines if line["stage"] in ("monitor", "final"))
-    return asked + monitored
+    monitored_at = {line["tells"] for line in lines if line["stage"] == "monitor"}
+    scored = [line for line in lines if line["stage"] == "monitor"
+              or (line["stage"] == "final" and line["tells"] not in monitored_at)]
+    return asked + len(scored) * (sizes["val"] + sizes["test"])
 
 
 @pytest.mark.parametrize("method", ["sharpzo", "zo-sgd", "spsa-gc", "bbt"])
