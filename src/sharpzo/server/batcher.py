@@ -88,7 +88,7 @@ class MicroBatcher:
         merge: bool = False,
     ) -> None:
         self.encoder = encoder
-        self.merge = merge  # False: each job its own tower passes, so its scores do not depend on its neighbours
+        self.merge = merge  # False: each job runs alone (_collect), so its scores do not depend on its neighbours
         self.visual = visual
         self.logit_scale = logit_scale
         self.executor = executor
@@ -171,8 +171,8 @@ class MicroBatcher:
 
     def _compute(self, jobs: list[LogitsJob]) -> list[Scores | BaseException]:
         with torch.inference_mode():
-            text = _grouped(jobs, _text_group if self.merge else id, self._text_features)
-            images = _grouped(jobs, _visual_group if self.merge else id, self._image_features)
+            text = _grouped(jobs, _text_group, self._text_features)
+            images = _grouped(jobs, _visual_group, self._image_features)
             outcomes: list[Scores | BaseException] = []
             for job, features, image_features in zip(jobs, text, images):
                 if isinstance(features, BaseException):
