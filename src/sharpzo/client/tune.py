@@ -28,7 +28,9 @@ Training requests are in flight as the optimiser's pending asks are (optim/base.
 every ask it has made is sent at once, and the results are told in the order the asks were made,
 so a remote run waits one round trip per ``pipeline`` steps, not per step. The checkpoint keeps the
 pending asks inside the optimiser, and a resume sends them again. An early stop asks for nothing
-more but tells the asks already in flight (they are paid for).
+more but tells the asks already in flight (they are paid for). The first asks go out beside the
+zero-shot's requests (unless --directions auto must time those first), so a remote run's start
+waits one round trip for both.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from .checkpoint import (
     trim_log,
 )
 from .image_sets import RemoteSplit, UploadIndex, find_split, store_split
-from .latency import resolve_options
+from .latency import parse_directions, resolve_options
 from .optim import Evaluation, build_optimizer
 from .progress import TuneProgress
 from .prompt_map import PromptMap, Prompts, needs_stems
@@ -302,8 +304,8 @@ class Tuner:
         resumed = self._resumed() if resume and self.checkpoint_path.exists() else None  # before any upload
         meter = resumed.meter if resumed is not None else Meter()
         scorer = await Scorer.prepare(self.api, self.task, self.settings, meter, self.show_progress)
-        state = resumed if resumed is not None else await self._start(scorer)
-        await self._train(scorer, state)
+        state, first = (resumed, []) if resumed is not None else await self._start(scorer)
+        await self._train(scorer, state, first)
         final = await self._final(scorer, state)
         return self._finish(scorer, state, final)
 
@@ -313,25 +315,40 @@ class Tuner:
         trim_log(self.run_dir / "log.jsonl", state.tells, state.pending)
         return state
 
-    async def _start(self, scorer: Scorer) -> LoopState:
+    async def _start(self, scorer: Scorer) -> tuple[LoopState, list[asyncio.Task[Evaluation]]]:
+        """The zero-shot evaluation and the optimiser, with its first asks already in flight beside the zero-shot's
+        requests (training does not wait a round trip for it), unless --directions auto must time those first."""
         model = (await self.api.model_info()).model_dump()
         space = scorer.prompts.record()
         self._write_config(model, space)
         (self.run_dir / "log.jsonl").write_text("")
         s = self.settings
-        zero_shot = await scorer.score_point(MonitorPoint(np.zeros(s.dim), 0, 0, 0), "zero-shot")
-        # --directions auto: q from the zero-shot requests' round trips, once; the checkpointed optimiser keeps it
-        options, choice = resolve_options(s.method, s.directions, s.options, list(self.api.exchanges),
-                                          len(self.task.train))
-        if choice is not None:
-            self._write_config(model, space, choice.record())
-        optimizer = build_optimizer(s.method, s.dim, s.seed, budget=s.budget, **options)
-        state = LoopState(optimizer, scorer.meter, zero_shot=zero_shot, best=zero_shot, next_eval=s.eval_every)
-        self._log(state, {"stage": "zero-shot", **zero_shot.scores()}, zero_shot.point)
-        self._save(state)
-        return state
+        zero = asyncio.ensure_future(scorer.score_point(MonitorPoint(np.zeros(s.dim), 0, 0, 0), "zero-shot"))
+        first: list[asyncio.Task[Evaluation]] = []
+        try:
+            if s.directions is not None and parse_directions(s.directions) is None:
+                await asyncio.wait([zero])  # --directions auto: q from the zero-shot requests' round trips, once
+            options, choice = resolve_options(s.method, s.directions, s.options, list(self.api.exchanges),
+                                              len(self.task.train))
+            if choice is not None:
+                self._write_config(model, space, choice.record())
+            optimizer = build_optimizer(s.method, s.dim, s.seed, budget=s.budget, **options)
+            sent = time.perf_counter()
+            if not optimizer.stop():  # as the loop's first turn would: a first batch over the budget is not sent
+                first = [asyncio.ensure_future(scorer.evaluate(a.points, a.split)) for a in optimizer.asks()]
+            zero_shot = await zero
+            state = LoopState(optimizer, scorer.meter, zero_shot=zero_shot, best=zero_shot, next_eval=s.eval_every)
+            self._log(state, {"stage": "zero-shot", **zero_shot.scores()}, zero_shot.point)
+            state.elapsed = time.perf_counter() - sent  # training's clock starts when its first asks went out
+            self._save(state)  # the first asks are inside the optimiser: a resume sends them again
+        except BaseException:
+            for task in [zero, *first]:
+                task.cancel()
+            raise
+        return state, first
 
-    async def _train(self, scorer: Scorer, state: LoopState) -> None:
+    async def _train(self, scorer: Scorer, state: LoopState, first: list[asyncio.Task[Evaluation]]) -> None:
+        """The loop; ``first``: the optimiser's pending asks, already sent (``_start``)."""
         opt = state.optimizer
         started = time.perf_counter() - state.elapsed
 
@@ -340,7 +357,7 @@ class Tuner:
             self._log(state, {"stage": "monitor", **done.scores()}, done.point)
 
         monitoring = Monitoring(scorer, state, self.settings, record)
-        in_flight: deque[asyncio.Task[Evaluation]] = deque()  # the optimiser's pending asks, oldest first
+        in_flight: deque[asyncio.Task[Evaluation]] = deque(first)  # the optimiser's pending asks, oldest first
         stage, go_on = opt.stage, True
         with TuneProgress(self.settings, self.show_progress) as progress:
             progress.update(opt.queries, opt.stage, None, None, state.best.val_accuracy)
