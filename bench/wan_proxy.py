@@ -51,13 +51,14 @@ class Faults:
 
 @dataclass
 class Traffic:
-    """Bytes through the proxy, by direction, connections accepted, and the most requests in flight at once by
-    method and path (``"POST /v1/logits"``): sent and not yet answered."""
+    """Bytes through the proxy, by direction, connections accepted, and by method and path (``"POST /v1/logits"``)
+    the requests that came in and the most in flight at once: sent and not yet answered."""
 
     up: int = 0
     down: int = 0
     connections: int = 0
     faults: dict[str, int] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)
     open: dict[str, int] = field(default_factory=dict)
     most_open: dict[str, int] = field(default_factory=dict)
 
@@ -153,6 +154,7 @@ class WanProxy:
         turn.request_open = True
         turn.route = b" ".join(data.split(b" ", 2)[:2]).decode("latin-1")
         with self._lock:
+            self.traffic.requests[turn.route] = self.traffic.requests.get(turn.route, 0) + 1
             now = self.traffic.open[turn.route] = self.traffic.open.get(turn.route, 0) + 1
             self.traffic.most_open[turn.route] = max(now, self.traffic.most_open.get(turn.route, 0))
 

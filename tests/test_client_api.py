@@ -180,6 +180,26 @@ def test_each_charge_is_checked_and_reported_as_it_arrives() -> None:
         asyncio.run(score(client(overcharging)))
 
 
+@pytest.mark.parametrize("failure", [None, error(422, "invalid_request")])
+def test_on_written_is_called_once_per_call_whatever_its_parts_and_its_end(failure: httpx.Response | None) -> None:
+    """A transport without httpcore's trace events (this one) never reports a body written: each part counts as
+    written when it ends, and the call's ``on_written`` fires once, after the last part."""
+    handle, calls = scripted(*([] if failure is None else [failure]))
+    written: list[int] = []
+
+    async def main() -> None:
+        async with client(handle) as api:
+            await api.score("set", ["a", "b"], np.zeros((3, 2, 4)), labels=LABELS,
+                            on_written=lambda: written.append(len(calls)))
+
+    if failure is None:
+        asyncio.run(main())
+    else:
+        with pytest.raises(ApiRequestError):
+            asyncio.run(main())
+    assert written == [2]  # the 3 candidates in requests of 2 and 1, both sent before it fired
+
+
 def test_usage_is_an_account_usage() -> None:
     def handle(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"queries": 7, "image_evals": 21, "requests": 3, "quota": 10})

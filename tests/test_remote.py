@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import http.server
+import importlib
 import json
 import os
 import socketserver
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from wan_proxy import Faults, WanProxy  # noqa: E402
 
 SHARPZO = str(Path(sys.executable).parent / "sharpzo")
+tune_module = importlib.import_module("sharpzo.client.tune")  # the package exports a function of that name
 # zo-sgd with q = 4: every step is one request of 8 candidates, 3 steps in flight
 RUN: dict[str, Any] = dict(shots=2, method="zo-sgd", budget=48, dim=8, seed=3, eval_every=16, progress=False,
                            options={"directions": 4, "pipeline": 3})
@@ -148,6 +150,31 @@ def test_the_tune_loop_keeps_the_pipeline_in_flight(server: EmbeddedServer, tmp_
     with WanProxy(port_of(server.url), rtt_ms=100) as proxy:
         asyncio.run(tuned(proxy.url, tmp_path / "run", eval_every=0, options={"pipeline": pipeline}))
         assert proxy.traffic.most_open["POST /v1/logits"] == 2 + pipeline
+
+
+def test_a_tells_checkpoint_is_written_once_the_asks_it_made_are_on_their_way(
+    server: EmbeddedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log line and checkpoint of tell t come after the requests of steps up to t + pipeline have reached the
+    network (seen by the proxy), so the client's bookkeeping does not hold the next request back."""
+    pipeline, steps = RUN["options"]["pipeline"], RUN["budget"] // (2 * RUN["options"]["directions"])
+    seen: list[tuple[int, int]] = []
+    real_save = tune_module.save_checkpoint
+
+    def save(path: Path, settings: dict[str, Any], state: Any) -> None:
+        if 0 < state.tells < steps:  # training's checkpoints (the last tell's and the final's come with no new ask)
+            want = 2 + min(state.tells + pipeline, steps)  # the zero-shot's val and test requests, and the steps'
+            deadline = time.monotonic() + 2  # the loop is blocked here: nothing more is sent while this waits
+            while proxy.traffic.requests.get("POST /v1/logits", 0) < want and time.monotonic() < deadline:
+                time.sleep(0.005)
+            seen.append((proxy.traffic.requests.get("POST /v1/logits", 0), want))
+        real_save(path, settings, state)
+
+    monkeypatch.setattr(tune_module, "save_checkpoint", save)
+    with WanProxy(port_of(server.url), rtt_ms=100) as proxy:
+        asyncio.run(tuned(proxy.url, tmp_path / "run", eval_every=0))
+    assert len(seen) == steps - 1
+    assert all(got >= want for got, want in seen), seen
 
 
 def test_an_early_stop_tells_the_steps_in_flight_and_charges_what_it_counts(

@@ -160,9 +160,9 @@ class Overlap:
         evaluate, score_point = Scorer.evaluate, Scorer.score_point
         overlap = self
 
-        async def held_evaluate(scorer: Scorer, points: np.ndarray, split: str) -> Any:
+        async def held_evaluate(scorer: Scorer, points: np.ndarray, split: str, on_written: Any = None) -> Any:
             if split == "train":
-                result = await evaluate(scorer, points, split)
+                result = await evaluate(scorer, points, split, on_written)
                 async with overlap.progress:
                     overlap.trained += 1
                     overlap.progress.notify_all()

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -112,6 +112,22 @@ def raise_first(results: Sequence[T | BaseException]) -> list[T]:
     return list(results)  # type: ignore[arg-type]
 
 
+class _Written:
+    """Calls ``callback`` once: at httpcore's trace event for a request body written out, or when called."""
+
+    def __init__(self, callback: Callable[[], None] | None) -> None:
+        self.callback = callback
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event.endswith(".send_request_body.complete"):
+            self()
+
+    def __call__(self) -> None:
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback()
+
+
 class ApiClient:
     """``async with ApiClient(url, api_key=...) as api: ...``; at most ``concurrency`` requests in flight."""
 
@@ -170,7 +186,20 @@ class ApiClient:
             return gzip.compress(content, 1, mtime=0), {**_JSON, "Content-Encoding": "gzip"}
         return content, dict(_JSON)
 
-    async def _send(self, method: str, path: str, body: BaseModel | None = None) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, body: BaseModel | None = None, on_written: Callable[[], None] | None = None
+    ) -> httpx.Response:
+        """``on_written`` is called once: when the request's body has been written to its connection (on its way to
+        the server), or, if no attempt got that far, when the request ends."""
+        written = _Written(on_written)
+        try:
+            return await self._attempts(method, path, body, {} if on_written is None else {"trace": written.trace})
+        finally:
+            written()
+
+    async def _attempts(
+        self, method: str, path: str, body: BaseModel | None, extensions: dict[str, Any]
+    ) -> httpx.Response:
         # The body is serialised once, here, and sent as it is on every retry.
         content, headers = (None, {}) if body is None else await self._encode(body)
         if method == "POST":
@@ -180,7 +209,8 @@ class ApiClient:
             try:
                 async with self._gate:
                     began = time.perf_counter()
-                    response = await self._http.request(method, f"{API_PREFIX}{path}", content=content, headers=headers)
+                    response = await self._http.request(method, f"{API_PREFIX}{path}", content=content, headers=headers,
+                                                        extensions=extensions)
                     response.extensions[_SECONDS] = time.perf_counter() - began
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
@@ -264,6 +294,7 @@ class ApiClient:
         return_logits: bool = False,
         on_charge: Callable[[Usage], None] | None = None,
         visual_prompts: np.ndarray | None = None,
+        on_written: Callable[[], None] | None = None,
     ) -> Scored:
         """Score P prompts [P, m, width] in requests of at most the server's ``max_candidates``.
 
@@ -272,6 +303,7 @@ class ApiClient:
         ``max_image_forwards_per_request`` image forwards (P x N).
         Each response's usage is checked against its request and then passed to ``on_charge``,
         as it arrives, so a population that fails part-way still reports what was charged.
+        ``on_written`` is called once, when every request's body is on its way (``_send``).
         """
         n_cand = max(len(prompts), 0 if visual_prompts is None else len(visual_prompts))
         limits = (await self.model_info()).limits
@@ -299,7 +331,7 @@ class ApiClient:
                 labels=label_list,
                 return_logits=return_logits or labels is None,
             )
-            answer = await self._send("POST", "/logits", body)
+            answer = await self._send("POST", "/logits", body, None if on_written is None else part_written)
             response = LogitsResponse.model_validate_json(answer.content)
             candidates = max(len(text), 0 if visual is None else len(visual))
             check_usage(response.usage, candidates, n_img, 0 if visual is None else len(visual))
@@ -310,7 +342,16 @@ class ApiClient:
                 on_charge(response.usage)
             return response
 
-        responses = await asyncio.gather(*(one(start) for start in range(0, n_cand, limit)))
+        starts = range(0, n_cand, limit)
+        unwritten = len(starts)
+
+        def part_written() -> None:
+            nonlocal unwritten
+            unwritten -= 1
+            if unwritten == 0 and on_written is not None:
+                on_written()
+
+        responses = await asyncio.gather(*(one(start) for start in starts))
         return Scored(
             loss=None if labels is None else np.concatenate([r.loss for r in responses]),
             accuracy=None if labels is None else np.concatenate([r.accuracy for r in responses]),

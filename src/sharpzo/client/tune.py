@@ -26,9 +26,10 @@ and a resume evaluates it again.
 
 Training requests are in flight as the optimiser's pending asks are (optim/base.py, "Pipelining"):
 every ask it has made is sent at once, and the results are told in the order the asks were made,
-so a remote run waits one round trip per ``pipeline`` steps, not per step. The checkpoint keeps the
-pending asks inside the optimiser, and a resume sends them again. An early stop asks for nothing
-more but tells the asks already in flight (they are paid for). The first asks go out beside the
+so a remote run waits one round trip per ``pipeline`` steps, not per step. A tell's log line and
+checkpoint are written once the asks it let the loop make are on their way, not before them. The
+checkpoint keeps the pending asks inside the optimiser, and a resume sends them again. An early
+stop asks for nothing more but tells the asks already in flight (they are paid for). The first asks go out beside the
 zero-shot's requests (unless --directions auto must time those first), so a remote run's start
 waits one round trip for both.
 """
@@ -64,7 +65,7 @@ from .checkpoint import (
 )
 from .image_sets import RemoteSplit, UploadIndex, find_split, store_split
 from .latency import parse_directions, resolve_options
-from .optim import Evaluation, build_optimizer
+from .optim import Ask, Evaluation, build_optimizer
 from .progress import TuneProgress
 from .prompt_map import PromptMap, Prompts, needs_stems
 from .settings import TuneSettings
@@ -201,12 +202,15 @@ class Scorer:
         remote = await upload_task(api, task, settings, progress, found)
         return cls(api, task, settings, prompt_map(model, settings, p0, remote), remote, meter, progress)
 
-    async def evaluate(self, points: np.ndarray, split: str) -> Evaluation:
-        return await self.score(self.prompts.prompts(points), split)
+    async def evaluate(
+        self, points: np.ndarray, split: str, on_written: Callable[[], None] | None = None
+    ) -> Evaluation:
+        """``on_written``: called once the request bodies are on their way (ApiClient.score)."""
+        return await self.score(self.prompts.prompts(points), split, on_written)
 
-    async def score(self, prompts: Prompts, split: str) -> Evaluation:
+    async def score(self, prompts: Prompts, split: str, on_written: Callable[[], None] | None = None) -> Evaluation:
         try:
-            return await self._score(prompts, split)
+            return await self._score(prompts, split, on_written)
         except ApiRequestError as exc:
             if exc.status != 404:
                 raise
@@ -214,11 +218,11 @@ class Scorer:
             self.remote = await upload_task(self.api, self.task, self.settings, self.progress)
             return await self._score(prompts, split)
 
-    async def _score(self, prompts: Prompts, split: str) -> Evaluation:
+    async def _score(self, prompts: Prompts, split: str, on_written: Callable[[], None] | None = None) -> Evaluation:
         remote: RemoteSplit = getattr(self.remote, split)
         scored = await self.api.score(
             remote.set_id, self.remote.class_names, prompts.text, labels=remote.labels, on_charge=self.meter.add,
-            visual_prompts=prompts.visual,
+            visual_prompts=prompts.visual, on_written=on_written,
         )
         return labelled(scored)
 
@@ -235,6 +239,27 @@ class Scorer:
     async def sharpness(self, w: np.ndarray) -> dict[str, float]:
         """client/sharpness.py on the training set; not told to the optimiser, so charged as monitor queries."""
         return await SharpnessProbe().measure(w, lambda points: self.evaluate(points, "train"))
+
+
+@dataclass
+class Sent:
+    """A training request in flight, and whether its body is on its way yet."""
+
+    task: asyncio.Task[Evaluation]
+    written: asyncio.Event
+
+    @classmethod
+    def of(cls, scorer: Scorer, ask: Ask) -> Sent:
+        written = asyncio.Event()
+        return cls(asyncio.ensure_future(scorer.evaluate(ask.points, ask.split, written.set)), written)
+
+    async def out(self) -> None:
+        """Until the request's body is on its way to the server, or the request has ended."""
+        if self.written.is_set() or self.task.done():
+            return
+        waiter = asyncio.ensure_future(self.written.wait())
+        await asyncio.wait([self.task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
 
 
 class Monitoring:
@@ -315,7 +340,7 @@ class Tuner:
         trim_log(self.run_dir / "log.jsonl", state.tells, state.pending)
         return state
 
-    async def _start(self, scorer: Scorer) -> tuple[LoopState, list[asyncio.Task[Evaluation]]]:
+    async def _start(self, scorer: Scorer) -> tuple[LoopState, list[Sent]]:
         """The zero-shot evaluation and the optimiser, with its first asks already in flight beside the zero-shot's
         requests (training does not wait a round trip for it), unless --directions auto must time those first."""
         model = (await self.api.model_info()).model_dump()
@@ -324,7 +349,7 @@ class Tuner:
         (self.run_dir / "log.jsonl").write_text("")
         s = self.settings
         zero = asyncio.ensure_future(scorer.score_point(MonitorPoint(np.zeros(s.dim), 0, 0, 0), "zero-shot"))
-        first: list[asyncio.Task[Evaluation]] = []
+        first: list[Sent] = []
         try:
             if s.directions is not None and parse_directions(s.directions) is None:
                 await asyncio.wait([zero])  # --directions auto: q from the zero-shot requests' round trips, once
@@ -335,19 +360,19 @@ class Tuner:
             optimizer = build_optimizer(s.method, s.dim, s.seed, budget=s.budget, **options)
             sent = time.perf_counter()
             if not optimizer.stop():  # as the loop's first turn would: a first batch over the budget is not sent
-                first = [asyncio.ensure_future(scorer.evaluate(a.points, a.split)) for a in optimizer.asks()]
+                first = [Sent.of(scorer, ask) for ask in optimizer.asks()]
             zero_shot = await zero
             state = LoopState(optimizer, scorer.meter, zero_shot=zero_shot, best=zero_shot, next_eval=s.eval_every)
             self._log(state, {"stage": "zero-shot", **zero_shot.scores()}, zero_shot.point)
             state.elapsed = time.perf_counter() - sent  # training's clock starts when its first asks went out
             self._save(state)  # the first asks are inside the optimiser: a resume sends them again
         except BaseException:
-            for task in [zero, *first]:
+            for task in [zero, *(sent.task for sent in first)]:
                 task.cancel()
             raise
         return state, first
 
-    async def _train(self, scorer: Scorer, state: LoopState, first: list[asyncio.Task[Evaluation]]) -> None:
+    async def _train(self, scorer: Scorer, state: LoopState, first: list[Sent]) -> None:
         """The loop; ``first``: the optimiser's pending asks, already sent (``_start``)."""
         opt = state.optimizer
         started = time.perf_counter() - state.elapsed
@@ -357,17 +382,25 @@ class Tuner:
             self._log(state, {"stage": "monitor", **done.scores()}, done.point)
 
         monitoring = Monitoring(scorer, state, self.settings, record)
-        in_flight: deque[asyncio.Task[Evaluation]] = deque(first)  # the optimiser's pending asks, oldest first
+        in_flight: deque[Sent] = deque(first)  # the optimiser's pending asks, oldest first
         stage, go_on = opt.stage, True
+
+        def more() -> bool:
+            return bool(in_flight) or (go_on and not opt.stop())
+
+        def send() -> list[Sent]:
+            """The asks not yet in flight, sent."""
+            sent = [Sent.of(scorer, ask) for ask in (opt.asks() if go_on else [])[len(in_flight):]]
+            in_flight.extend(sent)
+            return sent
+
         with TuneProgress(self.settings, self.show_progress) as progress:
             progress.update(opt.queries, opt.stage, None, None, state.best.val_accuracy)
             try:
-                while in_flight or (go_on and not opt.stop()):
-                    asks = opt.asks() if go_on else []
-                    for ask in asks[len(in_flight):]:
-                        in_flight.append(asyncio.ensure_future(scorer.evaluate(ask.points, ask.split)))
+                while more():
+                    send()
                     ask = opt.ask()
-                    result = await in_flight.popleft()
+                    result = await in_flight.popleft().task
                     opt.tell(result)
                     monitoring.poll()
                     if opt.stage != stage and self.settings.probe_sharpness:  # where SharpZO's stage 2 starts
@@ -376,6 +409,9 @@ class Tuner:
                     state.tells += 1
                     # an early stop asks nothing more; the asks in flight are paid for, so they are told
                     go_on = go_on and await monitoring.after_tell()
+                    if more():  # the next asks go out before this tell's log and checkpoint, which would delay them
+                        for sent in send():
+                            await sent.out()
                     best = int(np.argmin(result.loss))
                     loss, accuracy = float(result.loss[best]), float(result.accuracy[best])
                     entry = {"stage": opt.stage, "split": ask.split, "n": len(ask.points), "loss": loss,
@@ -386,8 +422,8 @@ class Tuner:
                     progress.update(opt.queries, opt.stage, loss, accuracy, state.best.val_accuracy)
                 await monitoring.settle()
             finally:
-                for task in in_flight:
-                    task.cancel()
+                for sent in in_flight:
+                    sent.task.cancel()
                 monitoring.cancel()
         state.elapsed = time.perf_counter() - started
         self._warn_if_untuned(state)
