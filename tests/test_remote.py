@@ -191,6 +191,33 @@ def test_an_early_stop_tells_the_steps_in_flight_and_charges_what_it_counts(
     assert len(steps) * 2 == spent["queries"]  # every step asked was told and logged
 
 
+def test_requests_that_find_the_image_sets_gone_together_upload_them_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server restarted without its image sets answers every step in flight 404: one upload serves them all."""
+    gone, uploaded = object(), []
+
+    async def upload(*args: Any) -> object:
+        uploaded.append(args)
+        await asyncio.sleep(0.01)  # the upload's round trips, while the other 404s come in
+        return object()
+
+    async def score(scorer: Any, prompts: Any, split: str, on_written: Any = None) -> str:
+        sets = scorer.remote
+        await asyncio.sleep(0)
+        if sets is gone:
+            raise ApiRequestError(404, "unknown image set", "unknown_image_set")
+        return split
+
+    monkeypatch.setattr(tune_module, "upload_task", upload)
+    monkeypatch.setattr(tune_module.Scorer, "_score", score)
+
+    async def main() -> list[Any]:
+        scorer = tune_module.Scorer(None, None, None, None, gone, None, False)
+        return await asyncio.gather(*(scorer.score(None, "train") for _ in range(4)))
+
+    assert asyncio.run(main()) == ["train"] * 4
+    assert len(uploaded) == 1
+
+
 def test_dropped_and_stalled_connections_are_retried_and_charged_once(server: EmbeddedServer, tmp_path: Path) -> None:
     reference_w, _ = asyncio.run(tuned(server.url, tmp_path / "reference"))
     faults = Faults(drop_responses=3, drop_requests=2, stall_responses=1, only=b"POST /v1/logits")

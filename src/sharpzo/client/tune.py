@@ -182,6 +182,7 @@ class Scorer:
         self.prompts = prompts
         self.remote = remote
         self.meter = meter
+        self._uploading = asyncio.Lock()
 
     @classmethod
     async def prepare(
@@ -209,14 +210,21 @@ class Scorer:
         return await self.score(self.prompts.prompts(points), split, on_written)
 
     async def score(self, prompts: Prompts, split: str, on_written: Callable[[], None] | None = None) -> Evaluation:
+        remote = self.remote
         try:
             return await self._score(prompts, split, on_written)
         except ApiRequestError as exc:
             if exc.status != 404:
                 raise
-            # a restarted server that kept no image sets: upload again, once
-            self.remote = await upload_task(self.api, self.task, self.settings, self.progress)
+            await self._upload_again(remote)
             return await self._score(prompts, split)
+
+    async def _upload_again(self, gone: RemoteTask) -> None:
+        """A restarted server that kept no image sets: upload them again, once for all the requests in flight that
+        found ``gone`` missing; a request that failed on sets already replaced only retries."""
+        async with self._uploading:
+            if self.remote is gone:
+                self.remote = await upload_task(self.api, self.task, self.settings, self.progress)
 
     async def _score(self, prompts: Prompts, split: str, on_written: Callable[[], None] | None = None) -> Evaluation:
         remote: RemoteSplit = getattr(self.remote, split)
