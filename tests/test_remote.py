@@ -240,6 +240,25 @@ def logits_body(server: EmbeddedServer) -> bytes:
                          labels=[0, 1, 0], return_logits=False).model_dump_json().encode()
 
 
+def test_on_written_fires_when_the_body_is_out_before_any_answer(server: EmbeddedServer) -> None:
+    """httpcore's trace event, not the request's end: at the callback the server has sent nothing back yet (the
+    proxy holds the request for half the round trip before the server even sees it)."""
+    request = LogitsRequest.model_validate_json(logits_body(server))
+    answered_at_write: list[int] = []
+
+    async def main(url: str, proxy: WanProxy) -> None:
+        async with ApiClient(url) as api:
+            await api.model_info()  # the connection is open and idle: the next request's bytes go straight out
+            down = proxy.traffic.down
+            await api.score(request.image_set, request.class_names, request.prompts.to_numpy(), labels=np.array(
+                request.labels), on_written=lambda: answered_at_write.append(proxy.traffic.down - down))
+        assert proxy.traffic.down > down
+
+    with WanProxy(port_of(server.url), rtt_ms=400) as proxy:
+        asyncio.run(main(proxy.url, proxy))
+    assert answered_at_write == [0]
+
+
 def test_a_gzip_body_scores_and_charges_as_the_plain_one(server: EmbeddedServer) -> None:
     body = logits_body(server)
     with httpx.Client(base_url=server.url, timeout=60) as http:
