@@ -1,4 +1,5 @@
-"""The automatic choice of q (client/latency.py): the least q whose round trip is a quarter of a step's server time."""
+"""The automatic choices of client/latency.py: one step at a time where that hides the round trip to within a quarter
+of a step's server time, else the method's pipeline; then the least q that hides it."""
 
 from __future__ import annotations
 
@@ -6,12 +7,25 @@ import math
 
 import pytest
 
-from sharpzo.client.latency import AUTO_MAX, TOLERANCE, Exchange, choose_directions, server_seconds
+from sharpzo.client.latency import (
+    AUTO_MAX,
+    Exchange,
+    Network,
+    needs_timing,
+    resolve_options,
+    server_seconds,
+)
 
 
 def exchanges(rtt: float, per_image_eval: float, image_evals: int = 300, n: int = 3) -> list[Exchange]:
     server = per_image_eval * image_evals
     return [Exchange(rtt + server, server, image_evals) for _ in range(n)]
+
+
+def network(rtt: float, per_image_eval: float = 5e-5) -> Network:
+    measured = Network.measure(exchanges(rtt, per_image_eval), train_images=100)
+    assert measured is not None
+    return measured
 
 
 def test_the_server_timing_app_duration_is_read_in_seconds() -> None:
@@ -20,34 +34,77 @@ def test_the_server_timing_app_duration_is_read_in_seconds() -> None:
     assert server_seconds("model;dur=4") is None and server_seconds(None) is None
 
 
+@pytest.mark.parametrize(("rtt", "expected"), [(0.0005, 1), (0.0025, 1), (0.0026, 8), (0.200, 8)])
+def test_one_step_at_a_time_near_the_server_else_the_methods_pipeline(rtt: float, expected: int) -> None:
+    # 0.5 ms a query on 100 training images (5 µs an image-eval): a step of 2 candidates is s = 10 ms, and one
+    # step at a time hides the round trip when rtt + s <= 1.25 s, that is up to 2.5 ms
+    assert network(rtt).pipeline(q=1, far=8) == expected
+
+
 @pytest.mark.parametrize(("rtt", "expected"), [(0.0005, 1), (0.010, 4), (0.200, AUTO_MAX)])
 def test_q_grows_with_the_round_trip_until_the_validated_cap(rtt: float, expected: int) -> None:
-    # 0.5 ms per query on 100 training images (5 µs an image-eval): q = ceil(rtt / (0.25 * 2 * 5 ms))
-    choice = choose_directions(exchanges(rtt, 5e-5), train_images=100, least=1)
-    assert choice.q == expected
-    assert choice.q == max(1, min(AUTO_MAX, math.ceil(rtt / (TOLERANCE * 2 * 0.005) - 1e-9)))
-    assert choice.rtt_ms == pytest.approx(1000 * rtt) and choice.ms_per_query == pytest.approx(5.0)
+    # one step in flight: rtt <= 0.25 * 2q * 5 ms
+    assert network(rtt).least_q(pipeline=1, least=1) == expected
+    assert network(rtt).rtt == pytest.approx(rtt) and network(rtt).per_query == pytest.approx(0.005)
 
 
 def test_steps_in_flight_hide_the_round_trip_with_fewer_directions() -> None:
-    one = choose_directions(exchanges(0.05, 5e-5), train_images=100, least=1).q
-    eight = choose_directions(exchanges(0.05, 5e-5), train_images=100, least=1, pipeline=8).q
-    assert (one, eight) == (AUTO_MAX, 3)  # ceil(50 / (0.25 * 2 * 5)) = 20 -> 16; ceil(50 / (0.25 * 8 * 2 * 5)) = 3
+    far = network(0.05)
+    # rtt <= 2q s (1.25 P - 1): 50 ms needs q = 20 -> 16 alone, q = 1 with 8 steps in flight
+    assert (far.least_q(pipeline=1, least=1), far.least_q(pipeline=8, least=1)) == (AUTO_MAX, 1)
+    assert far.least_q(pipeline=2, least=1) == 4  # 50 <= 10q * (1.25 * 2 - 1) from q = 4 on
 
 
-def test_a_slower_server_needs_fewer_directions_to_hide_the_same_round_trip() -> None:
-    fast = choose_directions(exchanges(0.05, 1e-5), train_images=100, least=1).q
-    slow = choose_directions(exchanges(0.05, 1e-4), train_images=100, least=1).q
-    assert slow < fast
-
-
-def test_the_method_default_is_the_floor_and_no_timing_keeps_it() -> None:
-    assert choose_directions(exchanges(0.0, 5e-5), 100, least=5).q == 5
-    untimed = choose_directions([Exchange(0.1, None, 300)], 100, least=5)
-    assert (untimed.q, untimed.requests) == (5, 0)
+def test_a_slower_server_hides_a_longer_round_trip_one_step_at_a_time() -> None:
+    assert network(0.004, 1e-4).pipeline(q=1, far=8) == 1 and network(0.004, 1e-5).pipeline(q=1, far=8) == 8
 
 
 def test_the_round_trip_is_the_median_and_the_speed_the_best_request() -> None:
     seen = [Exchange(0.060, 0.010, 200), Exchange(0.090, 0.040, 200), Exchange(5.0, 0.010, 200)]  # one retry
-    choice = choose_directions(seen, train_images=100, least=1)
-    assert choice.rtt_ms == pytest.approx(50.0) and choice.ms_per_query == pytest.approx(5.0)
+    measured = Network.measure(seen, train_images=100)
+    assert measured is not None and measured.requests == 3
+    assert measured.rtt == pytest.approx(0.050) and measured.per_query == pytest.approx(0.005)
+    assert Network.measure([Exchange(0.1, None, 300)], 100) is None
+
+
+def test_near_the_server_auto_is_the_sequential_method_without_the_clip() -> None:
+    options, choice = resolve_options("zo-sgd", "auto", None, {}, exchanges(0.001, 5e-5), 100)
+    assert (options["pipeline"], options["clip"], options["directions"]) == (1, None, 1)
+    assert choice is not None and (choice.pipeline, choice.q, choice.requests) == (1, None, 3)
+    far, _ = resolve_options("zo-sgd", "auto", None, {}, exchanges(0.2, 5e-5), 100)
+    assert far["pipeline"] == 8 and "clip" not in far  # the method's pipeline and clip
+    kept, _ = resolve_options("zo-sgd", "auto", None, {"clip": 5.0}, exchanges(0.001, 5e-5), 100)
+    assert (kept["pipeline"], kept["clip"]) == (1, 5.0)
+
+
+def test_spsa_gc_counts_its_pairs_as_the_candidates_of_a_step() -> None:
+    # 5 pairs: a step is 10 candidates, s = 50 ms, so one step at a time hides 12 ms (12 + 50 <= 1.25 * 50)
+    options, choice = resolve_options("spsa-gc", "auto", "auto", {}, exchanges(0.012, 5e-5), 100)
+    assert (options["pipeline"], options["pairs"], options["clip"]) == (1, 5, None)
+    assert choice is not None and (choice.pipeline, choice.q) == (1, 5)
+    assert resolve_options("zo-sgd", "auto", None, {}, exchanges(0.012, 5e-5), 100)[0]["pipeline"] == 8
+
+
+def test_given_values_win_and_bbt_has_nothing_to_choose() -> None:
+    far = exchanges(0.2, 5e-5)
+    assert resolve_options("zo-sgd", "auto", "auto", {"pipeline": 2, "directions": 3}, far, 100) == (
+        {"pipeline": 2, "directions": 3}, None)
+    options, choice = resolve_options("zo-sgd", "4", "auto", {}, far, 100)
+    assert options["pipeline"] == 4 and choice is not None and choice.pipeline is None and choice.q > 1
+    assert resolve_options("zo-sgd", "1", None, {}, far, 100) == ({"pipeline": 1, "directions": 1, "clip": None},
+                                                                  None)
+    assert resolve_options("bbt", "auto", "auto", {}, far, 100) == ({}, None)
+    assert not needs_timing("bbt", "auto", "auto", {}) and not needs_timing("zo-sgd", "3", None, {})
+    assert needs_timing("zo-sgd", "auto", None, {}) and not needs_timing("zo-sgd", "auto", None, {"pipeline": 8})
+
+
+def test_without_timing_the_method_defaults_stand() -> None:
+    options, choice = resolve_options("zo-sgd", "auto", "auto", {}, [Exchange(0.1, None, 300)], 100)
+    assert (options["pipeline"], options["directions"]) == (8, 1) and "clip" not in options
+    assert choice is not None and choice.requests == 0 and math.isnan(choice.rtt_ms)
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "many", "1.5"])
+def test_a_bad_count_is_a_clear_error(bad: str) -> None:
+    with pytest.raises(ValueError, match="pipeline must be 'auto' or a positive integer"):
+        resolve_options("zo-sgd", bad, None, {}, [], 100)

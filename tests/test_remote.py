@@ -408,31 +408,35 @@ def auto_command(url: str, out: Path, *extra: str) -> list[str]:
             "zo-sgd", "--budget", "320", "--dim", "8", "--seed", "3", "--eval-every", "0", "--no-progress", *extra]
 
 
-def test_auto_directions_are_chosen_once_recorded_and_kept_by_a_resume_on_another_network(
+AUTO = ("--pipeline", "auto", "--directions", "auto")
+
+
+def test_auto_choices_are_made_once_recorded_and_kept_by_a_resume_on_another_network(
     server: EmbeddedServer, tmp_path: Path
 ) -> None:
     from .test_client_e2e import wait_for_tells
 
     with WanProxy(port_of(server.url), rtt_ms=200) as proxy:
-        done = subprocess.run(auto_command(proxy.url, tmp_path / "whole", "--directions", "auto"),
+        done = subprocess.run(auto_command(proxy.url, tmp_path / "whole", *AUTO),
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
-        chosen = json.loads((tmp_path / "whole" / "config.json").read_text())["directions_chosen"]
-        assert chosen["q"] > 1 and chosen["rtt_ms"] >= 200
-        interrupted = subprocess.Popen(auto_command(proxy.url, tmp_path / "resumed", "--directions", "auto"))
+        chosen = json.loads((tmp_path / "whole" / "config.json").read_text())["auto_chosen"]
+        assert chosen["pipeline"] == 8 and chosen["q"] > 1 and chosen["rtt_ms"] >= 200
+        interrupted = subprocess.Popen(auto_command(proxy.url, tmp_path / "resumed", *AUTO))
         wait_for_tells(tmp_path / "resumed", 2, interrupted)
         interrupted.kill()
         interrupted.wait()
-    first = json.loads((tmp_path / "resumed" / "config.json").read_text())["directions_chosen"]
+    first = json.loads((tmp_path / "resumed" / "config.json").read_text())["auto_chosen"]
     # resumed on loopback, where a fresh choice would be made from a round trip of about a millisecond
-    done = subprocess.run(auto_command(server.url, tmp_path / "resumed", "--directions", "auto", "--resume"),
+    done = subprocess.run(auto_command(server.url, tmp_path / "resumed", *AUTO, "--resume"),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "resumed" / "config.json").read_text())["directions_chosen"] == first
-    assert first["q"] == chosen["q"]
-    # the recorded q, given explicitly, repeats the run bit for bit on any network
-    done = subprocess.run(auto_command(server.url, tmp_path / "explicit", "--directions", str(chosen["q"])),
-                          capture_output=True, text=True, timeout=600)
+    assert json.loads((tmp_path / "resumed" / "config.json").read_text())["auto_chosen"] == first
+    assert (first["pipeline"], first["q"]) == (chosen["pipeline"], chosen["q"])
+    # the recorded values, given explicitly, repeat the run bit for bit on any network
+    done = subprocess.run(auto_command(server.url, tmp_path / "explicit", "--pipeline", str(chosen["pipeline"]),
+                                       "--directions", str(chosen["q"])), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
+    assert "auto_chosen" not in json.loads((tmp_path / "explicit" / "config.json").read_text())
     w = {run: np.load(tmp_path / run / "prompt.npz")["w"] for run in ("whole", "resumed", "explicit")}
     assert w["whole"].tobytes() == w["resumed"].tobytes() == w["explicit"].tobytes()

@@ -1,25 +1,32 @@
-"""How far away the server is, and the q that hides it: the automatic choice of directions per step.
+"""How far away the server is, and the steps in flight and directions per step that hide it.
 
 A random-direction method (ZO-SGD, SharpZO's stage 2, SPSA-GC) keeps ``pipeline`` steps in flight
-(optim/base.py) and so waits one round trip per ``pipeline`` steps. With q directions a step is one
-request of 2q candidates, so the round trip is paid once per 2q·pipeline queries. ``--directions auto``
-picks, once, at the start, the least q for which the network's share is at most ``TOLERANCE`` of the
-server's time::
+(optim/base.py), each one request of 2q candidates (q directions, SPSA-GC's pairs) costing the server
+s = 2q·t_query. With P steps in flight a round trip R is spent once per P steps, beside the server's
+work on the others, so a step takes max(s, (R + s) / P) against s on loopback. The round trip is
+hidden, to within ``TOLERANCE``, when::
 
-    rtt <= TOLERANCE * pipeline * 2q * t_query   =>   q = ceil(rtt / (TOLERANCE * pipeline * 2 * t_query))
+    R + s <= (1 + TOLERANCE) * P * s
 
-clipped to [the method's default, ``AUTO_MAX``]; ``AUTO_MAX`` is the largest q validated against
-q = 1 (BENCHMARKS.md, "Tuning over a WAN"). ``rtt`` is the median over the scoring requests so far
-(the zero-shot evaluation's) of the client's round trip less the server's own time (its
-Server-Timing ``app``); ``t_query`` is the server's best time per image-eval over those requests
-times the training set's size, an overestimate of a batched query's cost (so q errs low). The
-choice, and what it was made from, go into config.json; a resume keeps the checkpointed optimiser
-and so its q, and the recorded q given as ``--directions N`` repeats the run bit for bit anywhere.
+``--pipeline auto`` picks, once, at the start, between the two versions that were checked on test
+(BENCHMARKS.md, "Tuning over a WAN"): one step at a time, without the derivative clip (the sequential
+method) when that hides the round trip, else the method's own pipeline (8, with its clip). Nothing in
+between: a start's few requests time a step only roughly (below), and staleness in between was not
+checked. ``--directions auto`` then picks the least q (at least the method's) that hides the round
+trip at that P, up to ``AUTO_MAX``, the largest q validated.
+
+R is the median over the scoring requests so far (the zero-shot evaluation's) of the client's round
+trip less the server's own time (its Server-Timing ``app``); ``t_query`` is the server's best time per
+image-eval over those requests times the training set's size. Requests of one candidate cost more per
+image-eval than a step's, and the start's requests run side by side, so s is over-estimated (the
+stand-in, groceries 16-shot: 21 ms a query against 13 in a ZO step), which errs towards one step at a
+time. The choice, and what it was made from, go into config.json (``auto_chosen``); a resume keeps the
+checkpointed optimiser and so its P and q, and the recorded values given as ``--pipeline P
+--directions Q`` repeat the run bit for bit anywhere.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import statistics
 from dataclasses import asdict, dataclass
@@ -27,7 +34,7 @@ from typing import Any
 
 TOLERANCE = 0.25
 AUTO_MAX = 16
-# the optimiser option that is q, per method; methods without one (bbt) have nothing to choose
+# the optimiser option that is q, per method; the methods without one (bbt) have no steps to choose for
 Q_OPTION = {"zo-sgd": "directions", "sharpzo": "directions", "spsa-gc": "pairs"}
 _APP = re.compile(r"(?:^|,)\s*app;dur=([0-9.]+)")
 
@@ -48,64 +55,109 @@ def server_seconds(header: str | None) -> float | None:
 
 
 @dataclass(frozen=True)
-class DirectionsChoice:
-    q: int
+class Network:
+    """The round trip and the server's speed, as measured from some exchanges."""
+
+    rtt: float  # seconds, the server's own time taken off
+    per_query: float  # seconds of server time for one query on the training set
+    requests: int
+
+    @classmethod
+    def measure(cls, exchanges: list[Exchange], train_images: int) -> Network | None:
+        """None without a timed exchange."""
+        timed = [e for e in exchanges if e.server_seconds is not None and e.image_evals > 0]
+        if not timed:
+            return None
+        rtt = max(0.0, statistics.median(e.seconds - e.server_seconds for e in timed))  # type: ignore[operator]
+        per_query = train_images * min(e.server_seconds / e.image_evals for e in timed)  # type: ignore[operator]
+        return cls(rtt, per_query, len(timed))
+
+    def hidden(self, pipeline: int, q: int) -> bool:
+        """Whether ``pipeline`` steps of 2q candidates in flight hide the round trip to within ``TOLERANCE``."""
+        step = 2 * q * self.per_query
+        return self.rtt + step <= (1 + TOLERANCE) * pipeline * step
+
+    def pipeline(self, q: int, far: int) -> int:
+        """1 where one step at a time hides the round trip, else ``far`` (the method's own pipeline)."""
+        return 1 if self.hidden(1, q) else far
+
+    def least_q(self, pipeline: int, least: int) -> int:
+        return next((q for q in range(least, AUTO_MAX + 1) if self.hidden(pipeline, q)), max(least, AUTO_MAX))
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """What ``auto`` chose (None: given, not chosen) and what from; nan without timed exchanges."""
+
+    pipeline: int | None
+    q: int | None
     rtt_ms: float
     ms_per_query: float
-    requests: int  # exchanges the estimate is made from
+    requests: int
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def choose_directions(
-    exchanges: list[Exchange], train_images: int, least: int, pipeline: int = 1
-) -> DirectionsChoice:
-    """q for the round trip and server speed seen in ``exchanges`` with ``pipeline`` steps in flight; ``least`` (the
-    method's default) without data."""
-    timed = [(e.seconds, e.server_seconds, e.image_evals) for e in exchanges
-             if e.server_seconds is not None and e.image_evals > 0]
-    if not timed:
-        return DirectionsChoice(least, float("nan"), float("nan"), 0)
-    rtt = max(0.0, statistics.median(seconds - server for seconds, server, _ in timed))
-    per_query = train_images * min(server / evals for _, server, evals in timed)
-    need = math.ceil(rtt / (TOLERANCE * pipeline * 2 * per_query)) if per_query > 0 else AUTO_MAX
-    q = max(least, min(AUTO_MAX, need))
-    return DirectionsChoice(q, round(1000 * rtt, 3), round(1000 * per_query, 4), len(timed))
-
-
-def parse_directions(value: str | int) -> int | None:
-    """``--directions``: ``auto`` (None) or a positive q."""
+def parse_count(value: str | int, name: str) -> int | None:
+    """``--pipeline``, ``--directions``: ``auto`` (None) or a positive count."""
     if str(value).strip().lower() == "auto":
         return None
     try:
-        q = int(str(value))
+        count = int(str(value))
     except ValueError:
-        q = 0
-    if q < 1:
-        raise ValueError(f"directions must be 'auto' or a positive integer, got {value!r}")
-    return q
+        count = 0
+    if count < 1:
+        raise ValueError(f"{name} must be 'auto' or a positive integer, got {value!r}")
+    return count
 
 
-def option_default(method: str, name: str | None) -> int | None:
-    """The method's own default of option ``name``, None for a method without it."""
+def option_default(method: str, name: str) -> int:
+    """The method's own default of its option ``name``."""
     from .optim import OPTIMIZERS  # the optimisers import nothing from here; kept local to keep this module light
 
-    defaults = OPTIMIZERS[method].config_type()
-    return None if name is None or not hasattr(defaults, name) else int(getattr(defaults, name))
+    return int(getattr(OPTIMIZERS[method].config_type(), name))
+
+
+def needs_timing(
+    method: str, pipeline: str | int | None, directions: str | int | None, options: dict[str, Any]
+) -> bool:
+    """Whether resolving these settings waits for timed exchanges (an ``auto`` that applies)."""
+    name = Q_OPTION.get(method)
+    return name is not None and any(
+        value is not None and option not in options and parse_count(value, option) is None
+        for option, value in (("pipeline", pipeline), (name, directions))
+    )
 
 
 def resolve_options(
-    method: str, directions: str | int | None, options: dict[str, Any], exchanges: list[Exchange], train_images: int
-) -> tuple[dict[str, Any], DirectionsChoice | None]:
-    """The optimiser options with q set by ``--directions`` (an explicit ``--opt`` q wins), and the auto choice."""
+    method: str, pipeline: str | int | None, directions: str | int | None, options: dict[str, Any],
+    exchanges: list[Exchange], train_images: int,
+) -> tuple[dict[str, Any], AutoChoice | None]:
+    """The optimiser options with ``pipeline`` and q set by ``--pipeline`` and ``--directions`` (unset: the method's
+    own; an explicit ``--opt`` wins), and what ``auto`` chose. One step in flight set this way drops the clip."""
     name = Q_OPTION.get(method)
-    least = option_default(method, name)
-    if directions is None or name is None or least is None or name in options:
+    if name is None:
         return options, None
-    fixed = parse_directions(directions)
-    if fixed is not None:
-        return {**options, name: fixed}, None
-    pipeline = int(options.get("pipeline", option_default(method, "pipeline") or 1))
-    choice = choose_directions(exchanges, train_images, least, pipeline)
-    return {**options, name: choice.q}, choice
+    given = {option: (options[option] if option in options else None if value is None else parse_count(value, option))
+             for option, value in (("pipeline", pipeline), (name, directions))}
+    auto = {option for option, value in (("pipeline", pipeline), (name, directions))
+            if option not in options and value is not None and given[option] is None}
+    p = given["pipeline"] or option_default(method, "pipeline")
+    q = given[name] or option_default(method, name)
+    choice = None
+    if auto:
+        network = Network.measure(exchanges, train_images)
+        if network is not None and "pipeline" in auto:
+            p = network.pipeline(q, p)
+        if network is not None and name in auto:
+            q = network.least_q(p, q)
+        nan = float("nan")
+        choice = AutoChoice(p if "pipeline" in auto else None, q if name in auto else None,
+                            nan if network is None else round(1000 * network.rtt, 3),
+                            nan if network is None else round(1000 * network.per_query, 4),
+                            0 if network is None else network.requests)
+    out = {**options, "pipeline": p, name: q}
+    if p == 1 and "pipeline" not in options and "clip" not in options:
+        out["clip"] = None
+    return out, choice

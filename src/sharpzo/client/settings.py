@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .latency import parse_directions
+from .latency import parse_count
 from .optim import OPTIMIZERS
 from .prompt import DEFAULT_ALPHA, DEFAULT_INIT_TEXT
 from .prompt_map import DEFAULT_VISUAL_ALPHA, PROMPT_KINDS, PromptKind, dims
@@ -81,11 +81,20 @@ class TuneSettings:
     )
     augment: bool = setting(False, "encode training images with one random augmented view", "run")
     options: dict[str, Any] = setting({}, "optimiser options by name (--opt NAME=VALUE; see below)", "run")
+    pipeline: str | None = setting(
+        None, "steps of zo-sgd, sharpzo's stage 2 and spsa-gc in flight at once, each taken before the results of "
+        "the P - 1 before it are in (a fixed staleness), so a far server's round trip is paid once per P steps; 1: "
+        "the sequential method, without the derivative clip; auto: chosen once at the start, 1 where the measured "
+        "round trip is under a quarter of a step's server time, else the method's own (client/latency.py; recorded "
+        "in config.json as auto_chosen); unset: the method's own (8); an explicit --opt pipeline= wins", "run",
+        metavar="auto|P",
+    )
     directions: str | None = setting(
         None, "q: random directions per step of zo-sgd, sharpzo's stage 2 and spsa-gc (its pairs), sent as 2q "
-        "candidates in one request, so a far server's round trip is paid once per 2q queries; auto: chosen once at "
-        "the start from the measured round trip and server time (client/latency.py; recorded in config.json); "
-        "unset: the method's own default; an explicit --opt directions=/pairs= wins", "run", metavar="auto|Q",
+        "candidates in one request, so a far server's round trip is paid once per 2q queries; auto: the least q "
+        "that hides the round trip at --pipeline's P, chosen once at the start (client/latency.py; recorded in "
+        "config.json); unset: the method's own default; an explicit --opt directions=/pairs= wins", "run",
+        metavar="auto|Q",
     )
     shots: int = setting(16, "images per class in the training set", "data")
     test_data: Any = setting(
@@ -133,8 +142,9 @@ class TuneSettings:
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
         dims(self.prompt, self.dim, self.visual_dim)
-        if self.directions is not None:
-            parse_directions(self.directions)
+        for name in ("pipeline", "directions"):
+            if getattr(self, name) is not None:
+                parse_count(getattr(self, name), name)
         if not self.alpha > 0 or not self.visual_alpha > 0:
             raise ValueError(f"alpha and visual_alpha must be positive, got {self.alpha} and {self.visual_alpha}")
         if not self.timeout > 0:

@@ -30,8 +30,9 @@ so a remote run waits one round trip per ``pipeline`` steps, not per step. A tel
 checkpoint are written once the asks it let the loop make are on their way, not before them. The
 checkpoint keeps the pending asks inside the optimiser, and a resume sends them again. An early
 stop asks for nothing more but tells the asks already in flight (they are paid for). The first asks go out beside the
-zero-shot's requests (unless --directions auto must time those first), so a remote run's start
-waits one round trip for both.
+zero-shot's requests, so a remote run's start waits one round trip for both, unless an auto
+choice must time those first: ``--pipeline auto`` (the random-direction methods' default) or
+``--directions auto`` waits for them and then picks, once (latency.py).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from .checkpoint import (
     trim_log,
 )
 from .image_sets import RemoteSplit, UploadIndex, find_split, store_split
-from .latency import parse_directions, resolve_options
+from .latency import needs_timing, resolve_options
 from .optim import Ask, Evaluation, build_optimizer
 from .progress import TuneProgress
 from .prompt_map import PromptMap, Prompts, needs_stems
@@ -350,7 +351,8 @@ class Tuner:
 
     async def _start(self, scorer: Scorer) -> tuple[LoopState, list[Sent]]:
         """The zero-shot evaluation and the optimiser, with its first asks already in flight beside the zero-shot's
-        requests (training does not wait a round trip for it), unless --directions auto must time those first."""
+        requests (training does not wait a round trip for it), unless an auto choice (--pipeline, --directions)
+        must time those first."""
         model = (await self.api.model_info()).model_dump()
         space = scorer.prompts.record()
         self._write_config(model, space)
@@ -359,10 +361,10 @@ class Tuner:
         zero = asyncio.ensure_future(scorer.score_point(MonitorPoint(np.zeros(s.dim), 0, 0, 0), "zero-shot"))
         first: list[Sent] = []
         try:
-            if s.directions is not None and parse_directions(s.directions) is None:
-                await asyncio.wait([zero])  # --directions auto: q from the zero-shot requests' round trips, once
-            options, choice = resolve_options(s.method, s.directions, s.options, list(self.api.exchanges),
-                                              len(self.task.train))
+            if needs_timing(s.method, s.pipeline, s.directions, s.options):
+                await asyncio.wait([zero])  # an auto choice: made once, from the zero-shot requests' round trips
+            options, choice = resolve_options(s.method, s.pipeline, s.directions, s.options,
+                                              list(self.api.exchanges), len(self.task.train))
             if choice is not None:
                 self._write_config(model, space, choice.record())
             optimizer = build_optimizer(s.method, s.dim, s.seed, budget=s.budget, **options)
@@ -464,14 +466,14 @@ class Tuner:
         return evaluated
 
     def _write_config(
-        self, model: dict[str, Any], space: dict[str, Any], directions: dict[str, Any] | None = None
+        self, model: dict[str, Any], space: dict[str, Any], chosen: dict[str, Any] | None = None
     ) -> None:
-        """config.json; ``space``: the prompt kind and the split of d (PromptMap.record); ``directions``: the
-        automatic choice of q and what it was made from."""
+        """config.json; ``space``: the prompt kind and the split of d (PromptMap.record); ``chosen``: what
+        --pipeline/--directions auto chose and what from (latency.AutoChoice)."""
         config = {
             "settings": self.settings.run_settings(),
             "prompt_space": space,
-            **({} if directions is None else {"directions_chosen": directions}),
+            **({} if chosen is None else {"auto_chosen": chosen}),
             "server": self.api.base_url,
             "model": model,
             "task": {
