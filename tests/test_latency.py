@@ -34,11 +34,20 @@ def test_the_server_timing_app_duration_is_read_in_seconds() -> None:
     assert server_seconds("model;dur=4") is None and server_seconds(None) is None
 
 
-@pytest.mark.parametrize(("rtt", "expected"), [(0.0005, 1), (0.0025, 1), (0.0026, 8), (0.200, 8)])
+@pytest.mark.parametrize(("rtt", "expected"), [(0.0005, 1), (0.00125, 1), (0.0013, 8), (0.200, 8)])
 def test_one_step_at_a_time_near_the_server_else_the_methods_pipeline(rtt: float, expected: int) -> None:
-    # 0.5 ms a query on 100 training images (5 µs an image-eval): a step of 2 candidates is s = 10 ms, and one
-    # step at a time hides the round trip when rtt + s <= 1.25 s, that is up to 2.5 ms
-    assert network(rtt).pipeline(q=1, far=8) == expected
+    # each request: 300 image-evals at 5 µs, 15 ms, so a step on 100 training images at least 5 ms: one step at a
+    # time where rtt <= 0.25 * 5 ms
+    assert network(rtt).least_step == pytest.approx(0.005)
+    assert network(rtt).pipeline(far=8) == expected
+
+
+def test_a_step_is_estimated_low_from_the_fastest_request_scaled_down_to_the_training_set() -> None:
+    seen = [Exchange(0.040, 0.030, 337), Exchange(0.030, 0.020, 100)]  # a test set's request, a validation set's
+    measured = Network.measure(seen, train_images=224)
+    assert measured is not None and measured.least_step == pytest.approx(min(0.030 * 224 / 337, 0.020))
+    small = Network.measure(seen, train_images=50)
+    assert small is not None and small.least_step == pytest.approx(0.030 * 50 / 337)  # both scaled, the less
 
 
 @pytest.mark.parametrize(("rtt", "expected"), [(0.0005, 1), (0.010, 4), (0.200, AUTO_MAX)])
@@ -56,7 +65,7 @@ def test_steps_in_flight_hide_the_round_trip_with_fewer_directions() -> None:
 
 
 def test_a_slower_server_hides_a_longer_round_trip_one_step_at_a_time() -> None:
-    assert network(0.004, 1e-4).pipeline(q=1, far=8) == 1 and network(0.004, 1e-5).pipeline(q=1, far=8) == 8
+    assert network(0.002, 1e-4).pipeline(far=8) == 1 and network(0.002, 1e-5).pipeline(far=8) == 8
 
 
 def test_the_round_trip_is_the_median_and_the_speed_the_best_request() -> None:
@@ -77,12 +86,16 @@ def test_near_the_server_auto_is_the_sequential_method_without_the_clip() -> Non
     assert (kept["pipeline"], kept["clip"]) == (1, 5.0)
 
 
-def test_spsa_gc_counts_its_pairs_as_the_candidates_of_a_step() -> None:
-    # 5 pairs: a step is 10 candidates, s = 50 ms, so one step at a time hides 12 ms (12 + 50 <= 1.25 * 50)
-    options, choice = resolve_options("spsa-gc", "auto", "auto", {}, exchanges(0.012, 5e-5), 100)
-    assert (options["pipeline"], options["pairs"], options["clip"]) == (1, 5, None)
-    assert choice is not None and (choice.pipeline, choice.q) == (1, 5)
-    assert resolve_options("zo-sgd", "auto", None, {}, exchanges(0.012, 5e-5), 100)[0]["pipeline"] == 8
+def test_a_bigger_step_is_no_reason_to_go_one_step_at_a_time() -> None:
+    # SPSA-GC's 10 candidates would cost 50 ms at 2q * t_query, which 12 ms would hide; the low estimate, 5 ms,
+    # does not, so SPSA-GC keeps its pipeline as ZO-SGD does (on the stand-in, at 50 ms, the first rule went one
+    # step at a time and took 1.95x its loopback time: a 10-candidate step cost 47 ms, not the 258 estimated)
+    for method in ("spsa-gc", "zo-sgd"):
+        options, choice = resolve_options(method, "auto", None, {}, exchanges(0.012, 5e-5), 100)
+        assert options["pipeline"] == 8 and "clip" not in options
+    near, choice = resolve_options("spsa-gc", "auto", "auto", {}, exchanges(0.001, 5e-5), 100)
+    assert (near["pipeline"], near["pairs"], near["clip"]) == (1, 5, None)
+    assert choice is not None and (choice.pipeline, choice.q, choice.least_step_ms) == (1, 5, 5.0)
 
 
 def test_given_values_win_and_bbt_has_nothing_to_choose() -> None:

@@ -10,17 +10,19 @@ hidden, to within ``TOLERANCE``, when::
 
 ``--pipeline auto`` picks, once, at the start, between the two versions that were checked on test
 (BENCHMARKS.md, "Tuning over a WAN"): one step at a time, without the derivative clip (the sequential
-method) when that hides the round trip, else the method's own pipeline (8, with its clip). Nothing in
-between: a start's few requests time a step only roughly (below), and staleness in between was not
-checked. ``--directions auto`` then picks the least q (at least the method's) that hides the round
-trip at that P, up to ``AUTO_MAX``, the largest q validated.
+method) where it hides the round trip, else the method's own pipeline (8, with its clip). Nothing in
+between: staleness in between was not checked. ``--directions auto`` then picks the least q (at least
+the method's) that hides the round trip at that P, up to ``AUTO_MAX``, the largest q validated.
 
 R is the median over the scoring requests so far (the zero-shot evaluation's) of the client's round
-trip less the server's own time (its Server-Timing ``app``); ``t_query`` is the server's best time per
-image-eval over those requests times the training set's size. Requests of one candidate cost more per
-image-eval than a step's, and the start's requests run side by side, so s is over-estimated (the
-stand-in, groceries 16-shot: 21 ms a query against 13 in a ZO step), which errs towards one step at a
-time. The choice, and what it was made from, go into config.json (``auto_chosen``); a resume keeps the
+trip less the server's own time (its Server-Timing ``app``). A step's server time is not known before
+a step is made, and a request's cost is far from proportional to its candidates (on the stand-in a ZO
+step of 2 candidates takes 26 ms, SPSA-GC's 10 take 47 ms, one candidate on the validation set 23 ms).
+So one step at a time is taken only where R <= ``TOLERANCE`` · ``least_step``, the fastest of those
+requests' server times, scaled down to the training set's size where it scored more images: a low
+estimate, which errs towards steps in flight. For q, ``t_query`` is the server's best time per
+image-eval over those requests times the training set's size, and a step of 2q candidates costs 2q·t_query.
+The choice, and what it was made from, go into config.json (``auto_chosen``); a resume keeps the
 checkpointed optimiser and so its P and q, and the recorded values given as ``--pipeline P
 --directions Q`` repeat the run bit for bit anywhere.
 """
@@ -60,26 +62,29 @@ class Network:
 
     rtt: float  # seconds, the server's own time taken off
     per_query: float  # seconds of server time for one query on the training set
+    least_step: float  # seconds, a low estimate of a step's server time
     requests: int
 
     @classmethod
     def measure(cls, exchanges: list[Exchange], train_images: int) -> Network | None:
         """None without a timed exchange."""
-        timed = [e for e in exchanges if e.server_seconds is not None and e.image_evals > 0]
+        timed = [(e.seconds, e.server_seconds, e.image_evals) for e in exchanges
+                 if e.server_seconds is not None and e.image_evals > 0]
         if not timed:
             return None
-        rtt = max(0.0, statistics.median(e.seconds - e.server_seconds for e in timed))  # type: ignore[operator]
-        per_query = train_images * min(e.server_seconds / e.image_evals for e in timed)  # type: ignore[operator]
-        return cls(rtt, per_query, len(timed))
+        rtt = max(0.0, statistics.median(seconds - server for seconds, server, _ in timed))
+        per_query = train_images * min(server / evals for _, server, evals in timed)
+        least_step = min(server * min(1.0, train_images / evals) for _, server, evals in timed)
+        return cls(rtt, per_query, least_step, len(timed))
 
     def hidden(self, pipeline: int, q: int) -> bool:
         """Whether ``pipeline`` steps of 2q candidates in flight hide the round trip to within ``TOLERANCE``."""
         step = 2 * q * self.per_query
         return self.rtt + step <= (1 + TOLERANCE) * pipeline * step
 
-    def pipeline(self, q: int, far: int) -> int:
-        """1 where one step at a time hides the round trip, else ``far`` (the method's own pipeline)."""
-        return 1 if self.hidden(1, q) else far
+    def pipeline(self, far: int) -> int:
+        """1 where one step at a time hides the round trip even at ``least_step``, else ``far`` (the method's)."""
+        return 1 if self.rtt <= TOLERANCE * self.least_step else far
 
     def least_q(self, pipeline: int, least: int) -> int:
         return next((q for q in range(least, AUTO_MAX + 1) if self.hidden(pipeline, q)), max(least, AUTO_MAX))
@@ -93,6 +98,7 @@ class AutoChoice:
     q: int | None
     rtt_ms: float
     ms_per_query: float
+    least_step_ms: float
     requests: int
 
     def record(self) -> dict[str, Any]:
@@ -149,14 +155,14 @@ def resolve_options(
     if auto:
         network = Network.measure(exchanges, train_images)
         if network is not None and "pipeline" in auto:
-            p = network.pipeline(q, p)
+            p = network.pipeline(p)
         if network is not None and name in auto:
             q = network.least_q(p, q)
         nan = float("nan")
-        choice = AutoChoice(p if "pipeline" in auto else None, q if name in auto else None,
-                            nan if network is None else round(1000 * network.rtt, 3),
-                            nan if network is None else round(1000 * network.per_query, 4),
-                            0 if network is None else network.requests)
+        measured = (nan, nan, nan, 0) if network is None else (
+            round(1000 * network.rtt, 3), round(1000 * network.per_query, 4), round(1000 * network.least_step, 4),
+            network.requests)
+        choice = AutoChoice(p if "pipeline" in auto else None, q if name in auto else None, *measured)
     out = {**options, "pipeline": p, name: q}
     if p == 1 and "pipeline" not in options and "clip" not in options:
         out["clip"] = None
