@@ -31,8 +31,8 @@ checkpoint are written once the asks it let the loop make are on their way, not 
 checkpoint keeps the pending asks inside the optimiser, and a resume sends them again. An early
 stop asks for nothing more but tells the asks already in flight (they are paid for). The first asks go out beside the
 zero-shot's requests, so a remote run's start waits one round trip for both, unless an auto
-choice must time those first: ``--pipeline auto`` (the random-direction methods' default) or
-``--directions auto`` waits for them and then picks, once (latency.py).
+choice must time those first: ``--pipeline auto`` or ``--directions auto`` waits for them and
+then picks, once (latency.py).
 """
 
 from __future__ import annotations
