@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sharpzo.client.checkpoint import load_checkpoint, trim_log
+from sharpzo.client.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, trim_log
 
 
 @pytest.mark.parametrize("old_format", [1, 2])
@@ -17,6 +17,14 @@ def test_a_checkpoint_in_the_old_units_is_refused_with_the_reason(tmp_path: Path
     path.write_bytes(pickle.dumps({"format": old_format, "settings": {}, "state": None}))
     with pytest.raises(RuntimeError, match="embedding-space units.*cannot resume"):
         load_checkpoint(path, {})
+
+
+def test_a_checkpoint_from_before_a_setting_was_added_resumes_at_its_old_meaning(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pkl"
+    path.write_bytes(pickle.dumps({"format": CHECKPOINT_FORMAT, "settings": {"seed": 3}, "state": "the state"}))
+    assert load_checkpoint(path, {"seed": 3, "pipeline": None}) == "the state"
+    with pytest.raises(RuntimeError, match="other settings"):
+        load_checkpoint(path, {"seed": 3, "pipeline": "auto"})
 
 
 def test_a_checkpoint_naming_a_class_this_version_lacks_is_one_clear_error(tmp_path: Path) -> None:

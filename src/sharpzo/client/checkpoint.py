@@ -130,6 +130,10 @@ class _Unpickler(pickle.Unpickler):
         return _RENAMED.get((module, name)) or super().find_class(module, name)
 
 
+# run settings added since this format, at the value that means what the code did before them
+SETTINGS_ADDED: dict[str, Any] = {"pipeline": None}
+
+
 def save_checkpoint(path: Path, run_settings: dict[str, Any], state: LoopState) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as handle:
@@ -165,7 +169,7 @@ def load_checkpoint(path: Path, run_settings: dict[str, Any]) -> LoopState:
         )
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise RuntimeError(f"{path}: unknown checkpoint format {saved.get('format')}; start a fresh --out directory")
-    if saved["settings"] != run_settings:
+    if {**SETTINGS_ADDED, **saved["settings"]} != run_settings:
         raise RuntimeError(
             f"{path} was written with other settings {saved['settings']}; "
             "resume with the same options, or start a fresh --out directory"
