@@ -125,15 +125,29 @@ def option_default(method: str, name: str) -> int:
     return int(getattr(OPTIMIZERS[method].config_type(), name))
 
 
+def _counts(
+    method: str, pipeline: str | int | None, directions: str | int | None, options: dict[str, Any]
+) -> tuple[str, dict[str, int | None], set[str]] | None:
+    """The method's q option, the counts given (an explicit ``--opt`` first; None: unset or auto) and the options
+    left to ``auto``; None for a method without steps."""
+    name = Q_OPTION.get(method)
+    if name is None:
+        return None
+    given: dict[str, int | None] = {}
+    auto: set[str] = set()
+    for option, value in (("pipeline", pipeline), (name, directions)):
+        given[option] = options[option] if option in options else None if value is None else parse_count(value, option)
+        if option not in options and value is not None and given[option] is None:
+            auto.add(option)
+    return name, given, auto
+
+
 def needs_timing(
     method: str, pipeline: str | int | None, directions: str | int | None, options: dict[str, Any]
 ) -> bool:
     """Whether resolving these settings waits for timed exchanges (an ``auto`` that applies)."""
-    name = Q_OPTION.get(method)
-    return name is not None and any(
-        value is not None and option not in options and parse_count(value, option) is None
-        for option, value in (("pipeline", pipeline), (name, directions))
-    )
+    counts = _counts(method, pipeline, directions, options)
+    return counts is not None and bool(counts[2])
 
 
 def resolve_options(
@@ -142,13 +156,10 @@ def resolve_options(
 ) -> tuple[dict[str, Any], AutoChoice | None]:
     """The optimiser options with ``pipeline`` and q set by ``--pipeline`` and ``--directions`` (unset: the method's
     own; an explicit ``--opt`` wins), and what ``auto`` chose. One step in flight set this way drops the clip."""
-    name = Q_OPTION.get(method)
-    if name is None:
+    counts = _counts(method, pipeline, directions, options)
+    if counts is None:
         return options, None
-    given = {option: (options[option] if option in options else None if value is None else parse_count(value, option))
-             for option, value in (("pipeline", pipeline), (name, directions))}
-    auto = {option for option, value in (("pipeline", pipeline), (name, directions))
-            if option not in options and value is not None and given[option] is None}
+    name, given, auto = counts
     p = given["pipeline"] or option_default(method, "pipeline")
     q = given[name] or option_default(method, name)
     choice = None
