@@ -60,7 +60,7 @@ async def run_tune(data: Data, settings: TuneSettings) -> TuneResult:
     # about 15 ms a projection at v2's widths with the pool against 0.5 ms on one thread (BENCHMARKS "The client's
     # own time"). threadpoolctl sets it for the whole process while the run lasts and then restores the count.
     with threadpool_limits(limits=1, user_api="blas"):
-        async with connect(settings.server, settings.api_key, settings.concurrency, settings.ca_bundle,
+        async with connect(settings.server, settings.api_key, settings.requests_in_flight(), settings.ca_bundle,
                            settings.timeout, settings.compress) as api:
             tuner = Tuner(api, task, settings, Path(run_dir), show_progress=settings.progress)
             return await tuner.run(resume=settings.resume)

@@ -23,6 +23,7 @@ from .prompt_map import DEFAULT_VISUAL_ALPHA, PROMPT_KINDS, PromptKind, dims
 
 Role = Literal["run", "data", "session"]
 PRESETS_FILE = "presets.json"
+LEAST_IN_FLIGHT = 10  # the default methods' 8 steps in flight and a monitor evaluation's 2 (an upload's chunks too)
 
 
 def setting(default: Any, help: str, role: Role, **cli: Any) -> Any:
@@ -108,9 +109,10 @@ class TuneSettings:
         "session", env="SHARPZO_SERVER", metavar="URL",
     )
     api_key: str | None = setting(None, "API key", "session", env="SHARPZO_API_KEY", metavar="KEY")
-    concurrency: int = setting(
-        10, "requests in flight at once, over this whole client (8 pipelined steps and a monitor evaluation's 2)",
-        "session",
+    concurrency: int | None = setting(
+        None, "requests in flight at once, over this whole client (default: the steps or generations in flight "
+        f"that --pipeline or --opt set, plus a monitor evaluation's 2; at least {LEAST_IN_FLIGHT})", "session",
+        metavar="N",
     )
     ca_bundle: str | None = setting(
         None, "PEM file (or folder) of CA certificates to trust for an https:// server, e.g. a private CA "
@@ -140,7 +142,7 @@ class TuneSettings:
         minimums = {"budget": 0, "eval_every": 0, "early_stop": 0, "dim": 1, "shots": 1, "concurrency": 1,
                     "visual_tokens": 1}
         for name, least in minimums.items():
-            if getattr(self, name) < least:
+            if getattr(self, name) is not None and getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
         dims(self.prompt, self.dim, self.visual_dim)
         for name in ("pipeline", "directions"):
@@ -166,6 +168,15 @@ class TuneSettings:
         for name, value in overrides.items():
             values[name] = {**values.get("options", {}), **(value or {})} if name == "options" else value
         return cls(**values)
+
+    def requests_in_flight(self) -> int:
+        """``concurrency``, or room for the most steps or generations in flight the run was given (an ``auto``
+        count chooses at most the method's own) and a monitor evaluation's val and test requests."""
+        if self.concurrency is not None:
+            return self.concurrency
+        flag = None if self.pipeline is None else parse_count(self.pipeline, "pipeline")
+        given = [flag, self.options.get("pipeline"), self.options.get("stage1_pipeline")]
+        return max([LEAST_IN_FLIGHT, *(count + 2 for count in given if isinstance(count, int))])
 
     def run_settings(self) -> dict[str, Any]:
         """The options that define the run: what config.json records and a resume compares."""
