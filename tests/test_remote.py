@@ -148,7 +148,7 @@ def test_the_tune_loop_keeps_the_pipeline_in_flight(server: EmbeddedServer, tmp_
     """Scoring requests in flight at once, seen by the proxy: the zero-shot's val and test requests go together, and
     training's first ``pipeline`` steps go beside them instead of waiting for the zero-shot's round trip; more steps
     in flight than the default's 8 widen the client's gate unless --concurrency is given."""
-    with WanProxy(port_of(server.url), rtt_ms=100) as proxy:
+    with WanProxy(port_of(server.url), rtt_ms=250) as proxy:  # long enough for all 18 to be out on a slow machine
         asyncio.run(tuned(proxy.url, tmp_path / "run", eval_every=0, options={"pipeline": pipeline}))
         assert proxy.traffic.most_open["POST /v1/logits"] == 2 + pipeline
 
