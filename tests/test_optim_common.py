@@ -200,6 +200,17 @@ def test_unknown_optimiser_and_bad_choice_are_clear() -> None:
         build_optimizer("sharpzo", 4, mask_fraction=0.0)
 
 
+@pytest.mark.parametrize(("name", "options"), [
+    ("zo-sgd", {"pipeline": 16.0}), ("zo-sgd", {"pipeline": True}), ("spsa-gc", {"pairs": "5"}),
+    ("bbt", {"popsize": 40.5}), ("sharpzo", {"switch_iterations": 2.0}),
+])
+def test_a_count_that_is_not_a_whole_number_is_refused(name: str, options: dict[str, object]) -> None:
+    """``--opt pipeline=16.0`` would run 16 steps in flight behind a gate sized for the default, and ``true`` is 1."""
+    with pytest.raises(ValueError, match=f"{next(iter(options))}=.*: must be a whole number"):
+        build_optimizer(name, 4, **options)
+    build_optimizer("sharpzo", 4, switch_iterations=None)  # None stays a choice where the option allows it
+
+
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_every_option_has_a_default_and_help(name: str) -> None:
     config_type = OPTIMIZERS[name].config_type

@@ -65,14 +65,19 @@ def require_stepping(pipeline: int, clip: float | None) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """Base of every optimiser's options. Literal-typed fields are checked against their choices."""
+    """Base of every optimiser's options. Literal-typed fields are checked against their choices, and counts
+    (``int`` fields) are whole numbers: a JSON ``16.0`` or ``true`` would otherwise pass for one."""
 
     def __post_init__(self) -> None:
         for name, hint in typing.get_type_hints(type(self)).items():
+            value = getattr(self, name)
             if typing.get_origin(hint) is typing.Literal:
                 choices = typing.get_args(hint)
-                value = getattr(self, name)
                 require(value in choices, f"{type(self).__name__}.{name}={value!r}: choose one of {list(choices)}")
+            elif hint is int or hint == int | None:
+                whole = isinstance(value, int) and not isinstance(value, bool)
+                require(whole or (value is None and hint is not int),
+                        f"{type(self).__name__}.{name}={value!r}: must be a whole number")
 
     @classmethod
     def from_options(cls: type[ConfigT], options: Mapping[str, Any], owner: str | None = None) -> ConfigT:
