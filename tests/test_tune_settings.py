@@ -79,6 +79,17 @@ def test_bad_options_are_refused_with_the_known_names() -> None:
         TuneSettings(eval_every=-1)
 
 
+def test_step_counts_are_refused_for_a_method_without_steps_and_widen_the_gate_otherwise() -> None:
+    """--pipeline and --directions count random-direction steps: bbt, which has none, would ignore them silently."""
+    for flag in ("pipeline", "directions"):
+        with pytest.raises(ValueError, match=f"--{flag} counts the random-direction steps.*bbt has none"):
+            TuneSettings(method="bbt", **{flag: "3"})
+    assert TuneSettings(method="bbt", options={"pipeline": 3}).requests_in_flight() == 10
+    assert TuneSettings(method="zo-sgd", pipeline="16").requests_in_flight() == 18
+    assert TuneSettings(method="sharpzo", pipeline="auto", options={"stage1_pipeline": 12}).requests_in_flight() == 14
+    assert TuneSettings(method="zo-sgd", pipeline="16", concurrency=3).requests_in_flight() == 3
+
+
 def test_unreadable_checkpoint_says_why(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pkl"
     path.write_bytes(b"cnomodule\nGone\n)R.")  # a class that this version lacks

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .latency import parse_count
+from .latency import Q_OPTION, parse_count
 from .optim import OPTIMIZERS
 from .prompt import DEFAULT_ALPHA, DEFAULT_INIT_TEXT
 from .prompt_map import DEFAULT_VISUAL_ALPHA, PROMPT_KINDS, PromptKind, dims
@@ -148,6 +148,11 @@ class TuneSettings:
         for name in ("pipeline", "directions"):
             if getattr(self, name) is not None:
                 parse_count(getattr(self, name), name)
+                if self.method not in Q_OPTION:
+                    raise ValueError(
+                        f"--{name} counts the random-direction steps of {', '.join(sorted(Q_OPTION))}; {self.method} "
+                        "has none (bbt's generations in flight are --opt pipeline=N)"
+                    )
         if not self.alpha > 0 or not self.visual_alpha > 0:
             raise ValueError(f"alpha and visual_alpha must be positive, got {self.alpha} and {self.visual_alpha}")
         if not self.timeout > 0:
