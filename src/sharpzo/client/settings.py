@@ -175,12 +175,13 @@ class TuneSettings:
         return cls(**values)
 
     def requests_in_flight(self) -> int:
-        """``concurrency``, or room for the most steps or generations in flight the run was given (an ``auto``
-        count chooses at most the method's own) and a monitor evaluation's val and test requests."""
+        """``concurrency``, or room for the most steps or generations in flight the run was given (an explicit
+        ``--opt pipeline=`` before ``--pipeline``, as latency.py takes them; an ``auto`` count chooses at most the
+        method's own) and a monitor evaluation's val and test requests."""
         if self.concurrency is not None:
             return self.concurrency
         flag = None if self.pipeline is None else parse_count(self.pipeline, "pipeline")
-        given = [flag, self.options.get("pipeline"), self.options.get("stage1_pipeline")]
+        given = [self.options.get("pipeline", flag), self.options.get("stage1_pipeline")]
         return max([LEAST_IN_FLIGHT, *(count + 2 for count in given if isinstance(count, int))])
 
     def run_settings(self) -> dict[str, Any]:
