@@ -8,7 +8,9 @@ few-shot draws differ) and ranks the configs of each method by the validation ac
 the prompt each run returns (result.json's ``val_accuracy``: the better on validation of
 zero-shot and the final prompt, as evaluations come only at the start and the end here; ties,
 common on a 300-image validation set at small budgets, broken by the lower final validation
-loss); configs of one method that tune different prompt kinds (prompt=...) compete apart.
+loss); configs of one method that tune different prompt kinds (prompt=...) compete apart. With
+more than one seed the table gives each config's SE over seeds and its difference from its method's
+chosen config, paired by seed (± SE), so a tie can be told from a lead.
 Every query the selection spent, method and monitoring, is summed into the report, because a
 user tuning hyperparameters would pay for them too.
 """
@@ -22,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from aggregate import final_budget, markdown_table
+from aggregate import final_budget, markdown_table, se
 from grid import RunConfig, run_grid
 
 
@@ -49,22 +51,30 @@ def main() -> None:
     for run_dir in dirs:
         by_config[run_dir.parent.name].append({**final_budget(run_dir), "val_loss": final_val_loss(run_dir)})
     methods = {c.name: c for c in args.config}
-    rows: list[list[str]] = []
     best: dict[str, tuple[str, tuple[float, float]]] = {}
     spent = 0
+    val: dict[str, np.ndarray] = {}
+    val_loss: dict[str, float] = {}
     for name, results in by_config.items():
-        val = float(np.mean([r["val_accuracy"] for r in results]))
-        val_loss = float(np.mean([r["val_loss"] for r in results]))
+        val[name] = np.array([r["val_accuracy"] for r in results])
+        val_loss[name] = float(np.mean([r["val_loss"] for r in results]))
         spent += sum(r["budget"]["total_queries"] for r in results)
         group = methods[name].group
-        if group not in best or (val, -val_loss) > best[group][1]:
-            best[group] = (name, (val, -val_loss))
-        rows.append([name, group, f"{100 * val:.1f}", f"{val_loss:.4f}"])
+        if group not in best or (val[name].mean(), -val_loss[name]) > best[group][1]:
+            best[group] = (name, (float(val[name].mean()), -val_loss[name]))
     chosen = {group: name for group, (name, _) in best.items()}
-    rows = [[*row, "chosen" if chosen[row[1]] == row[0] else ""] for row in rows]
+    several = len(args.seeds) > 1
+    rows: list[list[str]] = []
+    for name in by_config:
+        pick = chosen[methods[name].group]
+        paired = 100 * (val[name] - val[pick])
+        rows.append([name, methods[name].group, f"{100 * val[name].mean():.1f}",
+                     f"{100 * se(val[name]):.1f}" if several else "", f"{val_loss[name]:.4f}",
+                     f"{paired.mean():+.1f} ± {se(paired):.1f}" if several and name != pick else "",
+                     "chosen" if name == pick else ""])
     text = "\n\n".join([
         f"### Selection on {args.dataset} validation, seeds {args.seeds}, {args.budget} queries per run",
-        markdown_table(["config", "method (prompt)", "val acc %", "val loss", ""], rows),
+        markdown_table(["config", "method (prompt)", "val acc %", "SE", "val loss", "− chosen, paired", ""], rows),
         f"Queries spent on selection, all runs and monitoring included: {spent}.",
     ])
     out = args.out / args.dataset

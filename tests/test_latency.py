@@ -15,6 +15,7 @@ from sharpzo.client.latency import (
     resolve_options,
     server_seconds,
 )
+from sharpzo.client.optim.sharpzo import SharpZOConfig
 
 
 def exchanges(rtt: float, per_image_eval: float, image_evals: int = 300, n: int = 3) -> list[Exchange]:
@@ -84,6 +85,21 @@ def test_near_the_server_auto_is_the_sequential_method_without_the_clip() -> Non
     assert far["pipeline"] == 8 and "clip" not in far  # the method's pipeline and clip
     kept, _ = resolve_options("zo-sgd", "auto", None, {"clip": 5.0}, exchanges(0.001, 5e-5), 100)
     assert (kept["pipeline"], kept["clip"]) == (1, 5.0)
+
+
+def test_one_step_at_a_time_is_sharpzos_sequential_method_with_its_longer_step() -> None:
+    # stage 2's step was chosen apart for the two: 17.5 with 8 steps in flight, 25 one at a time (BENCHMARKS.md)
+    assert SharpZOConfig().lr == 17.5 and SharpZOConfig().pipeline == 8
+    near, _ = resolve_options("sharpzo", "auto", None, {}, exchanges(0.001, 5e-5), 100)
+    assert (near["pipeline"], near["clip"], near["lr"]) == (1, None, 25.0)
+    assert SharpZOConfig.from_options(near).lr == 25.0
+    given, _ = resolve_options("sharpzo", "1", None, {"lr": 30.0}, exchanges(0.2, 5e-5), 100)
+    assert (given["lr"], given["clip"]) == (30.0, None)
+    opted, _ = resolve_options("sharpzo", None, None, {"pipeline": 1, "clip": 5.0}, exchanges(0.2, 5e-5), 100)
+    assert (opted["lr"], opted["clip"]) == (25.0, 5.0)
+    far, _ = resolve_options("sharpzo", "auto", None, {}, exchanges(0.2, 5e-5), 100)
+    assert far["pipeline"] == 8 and "lr" not in far and "clip" not in far
+    assert "lr" not in resolve_options("zo-sgd", "1", None, {}, exchanges(0.2, 5e-5), 100)[0]
 
 
 def test_a_bigger_step_is_no_reason_to_go_one_step_at_a_time() -> None:

@@ -9,8 +9,9 @@ hidden, to within ``TOLERANCE``, when::
     R + s <= (1 + TOLERANCE) * P * s
 
 ``--pipeline auto`` picks, once, at the start, between the two versions that were checked on test
-(BENCHMARKS.md, "Tuning over a WAN"): one step at a time, without the derivative clip (the sequential
-method) where it hides the round trip, else the method's own pipeline (8, with its clip). Nothing in
+(BENCHMARKS.md, "Tuning over a WAN"): one step at a time with the method's ``sequential`` options (no
+derivative clip, and SharpZO's stage-2 step of 25: the sequential method) where it hides the round trip, else
+the method's own pipeline (8, with its clip). Nothing in
 between: staleness in between was not checked. ``--directions auto`` then picks the least q (at least
 the method's) that hides the round trip at that P, up to ``AUTO_MAX``, the largest q validated.
 
@@ -32,7 +33,10 @@ from __future__ import annotations
 import re
 import statistics
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .optim.config import OptimizerConfig
 
 TOLERANCE = 0.25
 AUTO_MAX = 16
@@ -118,11 +122,15 @@ def parse_count(value: str | int, name: str) -> int | None:
     return count
 
 
-def option_default(method: str, name: str) -> int:
-    """The method's own default of its option ``name``."""
+def _config_type(method: str) -> type[OptimizerConfig]:
     from .optim import OPTIMIZERS  # the optimisers import nothing from here; kept local to keep this module light
 
-    return int(getattr(OPTIMIZERS[method].config_type(), name))
+    return OPTIMIZERS[method].config_type
+
+
+def option_default(method: str, name: str) -> int:
+    """The method's own default of its option ``name``."""
+    return int(getattr(_config_type(method)(), name))
 
 
 def _counts(
@@ -155,7 +163,8 @@ def resolve_options(
     exchanges: list[Exchange], train_images: int,
 ) -> tuple[dict[str, Any], AutoChoice | None]:
     """The optimiser options with ``pipeline`` and q set by ``--pipeline`` and ``--directions`` (unset: the method's
-    own; an explicit ``--opt`` wins), and what ``auto`` chose. One step in flight set this way drops the clip."""
+    own; an explicit ``--opt`` wins), and what ``auto`` chose. One step in flight, set either way, takes the method's
+    ``sequential`` options (no derivative clip; SharpZO's longer stage-2 step) where ``--opt`` does not set them."""
     counts = _counts(method, pipeline, directions, options)
     if counts is None:
         return options, None
@@ -175,6 +184,6 @@ def resolve_options(
             network.requests)
         choice = AutoChoice(p if "pipeline" in auto else None, q if name in auto else None, *measured)
     out = {**options, "pipeline": p, name: q}
-    if p == 1 and "pipeline" not in options and "clip" not in options:
-        out["clip"] = None
+    if p == 1:
+        out.update({key: value for key, value in _config_type(method).sequential.items() if key not in options})
     return out, choice

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 ConfigT = TypeVar("ConfigT", bound="OptimizerConfig")
 
@@ -49,6 +49,9 @@ def pipeline_option() -> Any:
 DEFAULT_CLIP = 5.0
 
 
+SEQUENTIAL: Mapping[str, Any] = {"clip": None}  # the random-direction methods' one-step-at-a-time options
+
+
 def clip_option() -> Any:
     """The ``clip`` option of the random-direction methods (estimators.DerivativeClip)."""
     return option(
@@ -67,6 +70,10 @@ def require_stepping(pipeline: int, clip: float | None) -> None:
 class OptimizerConfig:
     """Base of every optimiser's options. Literal-typed fields are checked against their choices, and counts
     (``int`` fields) are whole numbers: a JSON ``16.0`` or ``true`` would otherwise pass for one."""
+
+    # The options that one step at a time takes in place of the defaults chosen for steps in flight: the sequential
+    # version that was checked on test (BENCHMARKS.md, "Pipelined steps"); see client/latency.py.
+    sequential: ClassVar[Mapping[str, Any]] = {}
 
     def __post_init__(self) -> None:
         for name, hint in typing.get_type_hints(type(self)).items():

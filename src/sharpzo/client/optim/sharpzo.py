@@ -32,7 +32,7 @@ import numpy as np
 from ..prompt import w_norm
 from .base import Ask, Evaluation, Info, Optimizer, Probe, Request
 from .cma_search import CMAConfig, CMASearch
-from .config import LrScaling, clip_option, option, pipeline_option, require, require_stepping, scaled_rate
+from .config import SEQUENTIAL, LrScaling, clip_option, option, pipeline_option, require, require_stepping, scaled_rate
 from .descent import RandomDirectionDescent
 from .estimators import (
     cge_gradient,
@@ -47,6 +47,7 @@ from .estimators import (
 from .masks import MaskKeep, MaskScore, mask_scores, select_mask
 
 Phase = Literal["sharpness", "population", "val", "mask", "step"]
+SEQUENTIAL_LR = 25.0  # stage 2's η one step at a time
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class Generation:
 
 @dataclass(frozen=True)
 class SharpZOConfig(CMAConfig):
+    sequential = {**SEQUENTIAL, "lr": SEQUENTIAL_LR}
+
     rho: float = option(
         0.05, "sharpness radius of ε* along ĝ/‖ĝ‖; 0 gives plain CMA-ES in stage 1 (best groceries validation on v2 "
         "of 0, 0.02, 0.05, 0.15, then checked on 3 selection seeds: BENCHMARKS.md; the paper's ρ/(σ√d) is about 0.01)"
@@ -94,8 +97,9 @@ class SharpZOConfig(CMAConfig):
     patience: int = option(10, "auto switch: stage-1 iterations in a row without a val-accuracy improvement")
     min_delta: float = option(0.01, "auto switch: an improvement must beat the best val accuracy by more than this")
     lr: float = option(
-        25.0, "η, constant stage-2 learning rate in spreads²/loss (chosen on v1 validation; 50, 100 and 200 were no "
-        "better on v2)",
+        17.5, f"η, constant stage-2 learning rate in spreads²/loss, with steps in flight: 0.7 × the "
+        f"{SEQUENTIAL_LR:g} of one step at a time (chosen on 10 groceries validation seeds, BENCHMARKS.md \"Pipelined "
+        f"steps\"); {SEQUENTIAL_LR:g} with pipeline 1 (chosen on v1 validation; 50, 100 and 200 were no better on v2)",
     )
     mask_lr: Literal["same", "rescaled"] = option(
         "same", "same: η as dense ZO-SGD; rescaled: η·(d+2)/(k+2) for k kept coordinates (the RGE second-moment ratio)"

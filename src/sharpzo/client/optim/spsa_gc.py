@@ -14,6 +14,7 @@ import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Probe, Request
 from .config import (
+    SEQUENTIAL,
     LrScaling,
     OptimizerConfig,
     clip_option,
@@ -37,6 +38,8 @@ GAIN_PAIRS = 5  # the pairs at which ``a`` was chosen
 
 @dataclass(frozen=True)
 class SPSAGCConfig(OptimizerConfig):
+    sequential = SEQUENTIAL
+
     pairs: int = option(
         5, "two-sided perturbation pairs averaged per step, sent in one request (2·pairs queries a step)",
     )

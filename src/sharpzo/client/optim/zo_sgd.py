@@ -8,6 +8,7 @@ import numpy as np
 
 from .base import Ask, Evaluation, Info, Optimizer, Request
 from .config import (
+    SEQUENTIAL,
     LrScaling,
     OptimizerConfig,
     clip_option,
@@ -23,6 +24,8 @@ from .estimators import require_resolvable_step
 
 @dataclass(frozen=True)
 class ZOSGDConfig(OptimizerConfig):
+    sequential = SEQUENTIAL
+
     lr: float = option(
         100.0, "constant learning rate η of w ← w − η ĝ, in spreads²/loss (best groceries validation on v2, checked "
         "on 3 selection seeds: BENCHMARKS.md)",
