@@ -42,7 +42,8 @@ def pipeline_option() -> Any:
     return option(
         DEFAULT_PIPELINE, "steps in flight at once: each step's probes are taken before the results of the "
         "pipeline - 1 steps before it are in (a fixed staleness, the same on any network), so a remote run waits "
-        "one round trip per `pipeline` steps; 1: one step at a time",
+        "one round trip per `pipeline` steps; 1: one step at a time, which a tune run gives the sequential "
+        "version's options where --opt does not set them (no clip; SharpZO's stage-2 lr 25)",
     )
 
 
