@@ -10,10 +10,10 @@ hidden, to within ``TOLERANCE``, when::
 
 ``--pipeline auto`` picks, once, at the start, between the two versions that were checked on test
 (BENCHMARKS.md, "Tuning over a WAN"): one step at a time with the method's ``sequential`` options (no
-derivative clip, and SharpZO's stage-2 step of 25: the sequential method) where it hides the round trip, else
-the method's own pipeline (8, with its clip). Nothing in
-between: staleness in between was not checked. ``--directions auto`` then picks the least q (at least
-the method's) that hides the round trip at that P, up to ``AUTO_MAX``, the largest q validated.
+derivative clip, and SharpZO's stage-2 step of 25: the sequential method) where it hides the round trip,
+else the method's own pipeline (8, with its clip). Nothing in between: staleness in between was not
+checked. ``--directions auto`` then picks the least q (at least the method's) that hides the round trip
+at that P, up to ``AUTO_MAX``, the largest q validated.
 
 R is the median over the scoring requests so far (the zero-shot evaluation's) of the client's round
 trip less the server's own time (its Server-Timing ``app``). A step's server time is not known before
