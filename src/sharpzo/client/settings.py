@@ -85,9 +85,9 @@ class TuneSettings:
     pipeline: str | None = setting(
         None, "steps of zo-sgd, sharpzo's stage 2 and spsa-gc in flight at once, each taken before the results of "
         "the P - 1 before it are in (a fixed staleness), so a far server's round trip is paid once per P steps; 1: "
-        "the sequential method, without the derivative clip and with SharpZO's longer stage-2 step (25); auto: "
-        "chosen once at the start, 1 where the measured round trip is under a quarter of a low estimate of a step's "
-        "server time, else the method's own "
+        "the sequential method, without the derivative clip and with SharpZO's longer stage-2 step (25) unless "
+        "--opt sets them; auto: chosen once at the start, 1 where the measured round trip is at most a quarter of a "
+        "low estimate of a step's server time, else the method's own "
         "(client/latency.py; recorded in config.json as auto_chosen); unset: the method's own (8); an explicit "
         "--opt pipeline= wins", "run",
         metavar="auto|P",
