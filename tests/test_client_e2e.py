@@ -113,6 +113,17 @@ def test_tune_stays_within_budget(reference) -> None:
     assert "returned test" in reference["stdout"] and "returned: the" in reference["stdout"]
 
 
+def test_config_json_records_every_option_the_optimiser_runs_with(reference) -> None:
+    from dataclasses import asdict
+
+    from sharpzo.client.optim.sharpzo import SharpZOConfig
+
+    recorded = json.loads((reference["run"] / "config.json").read_text())["optimizer"]
+    given = {"sharpness": "cge", "popsize": 6, "switch_iterations": 2, "mask_interval": 20}  # TUNE's --opt
+    assert recorded == asdict(SharpZOConfig(**given))
+    assert (recorded["lr"], recorded["pipeline"], recorded["clip"]) == (17.5, 8, 5.0)  # defaults, not given
+
+
 def test_client_counts_equal_the_servers(reference) -> None:
     budget = json.loads((reference["run"] / "result.json").read_text())["budget"]
     usage = reference["usage"]

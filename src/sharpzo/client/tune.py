@@ -1,7 +1,8 @@
 """One tuning run: the optimiser's loop against the API, with logs, checkpoints, resume and the no-regret choice.
 
 Run directory:
-  config.json    the run's settings, its prompt space (``prompt_space``: the kind, the split of d between the
+  config.json    the run's settings, the optimiser's options as it runs them (``optimizer``: every field, the
+                 defaults included), its prompt space (``prompt_space``: the kind, the split of d between the
                  towers, their spreads; client/prompt_map.py), task (classes, image hashes per split, seed) and
                  the server's model
   log.jsonl      one line per optimiser iteration (queries, loss, accuracies, stage, wall time), one per
@@ -66,7 +67,7 @@ from .checkpoint import (
 )
 from .image_sets import RemoteSplit, UploadIndex, find_split, store_split
 from .latency import needs_timing, resolve_options
-from .optim import Ask, Evaluation, build_optimizer
+from .optim import Ask, Evaluation, OptimizerConfig, build_optimizer
 from .progress import TuneProgress
 from .prompt_map import PromptMap, Prompts, needs_stems
 from .settings import TuneSettings
@@ -355,7 +356,6 @@ class Tuner:
         must time those first."""
         model = (await self.api.model_info()).model_dump()
         space = scorer.prompts.record()
-        self._write_config(model, space)
         (self.run_dir / "log.jsonl").write_text("")
         s = self.settings
         zero = asyncio.ensure_future(scorer.score_point(MonitorPoint(np.zeros(s.dim), 0, 0, 0), "zero-shot"))
@@ -365,9 +365,8 @@ class Tuner:
                 await asyncio.wait([zero])  # an auto choice: made once, from the zero-shot requests' round trips
             options, choice = resolve_options(s.method, s.pipeline, s.directions, s.options,
                                               list(self.api.exchanges), len(self.task.train))
-            if choice is not None:
-                self._write_config(model, space, choice.record())
             optimizer = build_optimizer(s.method, s.dim, s.seed, budget=s.budget, **options)
+            self._write_config(model, space, optimizer.config, None if choice is None else choice.record())
             sent = time.perf_counter()
             if not optimizer.stop():  # as the loop's first turn would: a first batch over the budget is not sent
                 first = [Sent.of(scorer, ask) for ask in optimizer.asks()]
@@ -466,13 +465,15 @@ class Tuner:
         return evaluated
 
     def _write_config(
-        self, model: dict[str, Any], space: dict[str, Any], chosen: dict[str, Any] | None = None
+        self, model: dict[str, Any], space: dict[str, Any], optimizer: OptimizerConfig, chosen: dict[str, Any] | None
     ) -> None:
-        """config.json; ``space``: the prompt kind and the split of d (PromptMap.record); ``chosen``: what
+        """config.json; ``space``: the prompt kind and the split of d (PromptMap.record); ``optimizer``: every option
+        the optimiser runs with, the defaults and what --pipeline 1 implies included; ``chosen``: what
         --pipeline/--directions auto chose and what from (latency.AutoChoice)."""
         config = {
             "settings": self.settings.run_settings(),
             "prompt_space": space,
+            "optimizer": asdict(optimizer),
             **({} if chosen is None else {"auto_chosen": chosen}),
             "server": self.api.base_url,
             "model": model,
