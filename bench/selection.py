@@ -59,9 +59,9 @@ def main() -> None:
         val[name] = np.array([r["val_accuracy"] for r in results])
         val_loss[name] = float(np.mean([r["val_loss"] for r in results]))
         spent += sum(r["budget"]["total_queries"] for r in results)
-        group = methods[name].group
-        if group not in best or (val[name].mean(), -val_loss[name]) > best[group][1]:
-            best[group] = (name, (float(val[name].mean()), -val_loss[name]))
+        group, key = methods[name].group, (float(val[name].mean()), -val_loss[name])
+        if group not in best or key > best[group][1]:
+            best[group] = (name, key)
     chosen = {group: name for group, (name, _) in best.items()}
     several = len(args.seeds) > 1
     rows: list[list[str]] = []

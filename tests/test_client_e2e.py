@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from sharpzo.client.embedded import EmbeddedServer
+from sharpzo.client.optim.sharpzo import SharpZOConfig
 
 from .conftest import TINY
 
@@ -114,10 +116,6 @@ def test_tune_stays_within_budget(reference) -> None:
 
 
 def test_config_json_records_every_option_the_optimiser_runs_with(reference) -> None:
-    from dataclasses import asdict
-
-    from sharpzo.client.optim.sharpzo import SharpZOConfig
-
     recorded = json.loads((reference["run"] / "config.json").read_text())["optimizer"]
     given = {"sharpness": "cge", "popsize": 6, "switch_iterations": 2, "mask_interval": 20}  # TUNE's --opt
     assert recorded == asdict(SharpZOConfig(**given))

@@ -97,7 +97,7 @@ class SharpZOConfig(CMAConfig):
     patience: int = option(10, "auto switch: stage-1 iterations in a row without a val-accuracy improvement")
     min_delta: float = option(0.01, "auto switch: an improvement must beat the best val accuracy by more than this")
     lr: float = option(
-        17.5, f"η, constant stage-2 learning rate in spreads²/loss, with steps in flight: 0.7 × the "
+        0.7 * SEQUENTIAL_LR, f"η, constant stage-2 learning rate in spreads²/loss, with steps in flight: 0.7 × the "
         f"{SEQUENTIAL_LR:g} of one step at a time (chosen on 10 groceries validation seeds; on 10 test seeds -0.8 +- "
         f"0.5 points against {SEQUENTIAL_LR:g}, not separable: BENCHMARKS.md \"Pipelined steps\"); {SEQUENTIAL_LR:g} "
         f"one step at a time, which a tune run with pipeline 1 takes (chosen on v1 validation; 50, 100 and 200 were no "
